@@ -1,0 +1,363 @@
+"""The ``dsa`` command line (typer). Thin commands that call the library; data on stdout, diagnostics on
+stderr, every :class:`dsa.DsaError` a one-line message and exit code 1."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import warnings
+from enum import Enum
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__.splitlines()[0] if __doc__ else None,
+    pretty_exceptions_enable=False,
+)
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+ModelOpt = Annotated[
+    str, typer.Option("--model", "-m", help="Registry name (see `dsa models`) or package.module:factory.")
+]
+PretrainedOpt = Annotated[
+    bool, typer.Option("--pretrained", help="Load offline pretrained weights (efficientnet_lite0).")
+]
+CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", help="A state_dict to load into the model.")]
+FormatOpt = Annotated[Format, typer.Option("--format", help="table (readable) or json (for scripts).")]
+InputSizeOpt = Annotated[int | None, typer.Option("--input-size", help="Input resolution (default: the model's).")]
+
+DEFAULT_MODEL = "mobilenet_v2_140"
+
+
+def _errors(fn):
+    """Turn dsa's (and roofline's) errors into one line on stderr and exit code 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from dsa.errors import DsaError
+        from roofline.errors import RooflineError
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                return fn(*args, **kwargs)
+        except (DsaError, RooflineError) as e:
+            typer.echo(f"error: {' '.join(str(e).split())}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _emit_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+    sys.stdout.flush()
+
+
+def _model_and_analysis(model: str, pretrained: bool, checkpoint: Path | None, input_size: int | None = None):
+    from dsa.graph import analyze
+    from dsa.models import create_model
+    from dsa.models import input_size as default_size
+
+    net = create_model(model, pretrained=pretrained, checkpoint=checkpoint)
+    return net, analyze(net, model, input_size or default_size(model))
+
+
+@app.command("models")
+@_errors
+def models_cmd(fmt: FormatOpt = Format.table) -> None:
+    """List the models `--model` accepts."""
+    from dsa.models import list_models
+
+    entries = list_models()
+    if fmt == Format.json:
+        _emit_json(
+            [
+                {
+                    "name": e.name,
+                    "source": e.source,
+                    "description": e.description,
+                    "pretrained_offline": e.pretrained is not None,
+                    "input_size": e.input_size,
+                }
+                for e in entries
+            ]
+        )
+        return
+    t = Table("name", "source", "description", "offline weights")
+    for e in entries:
+        t.add_row(e.name, e.source, e.description, "yes" if e.pretrained else "-")
+    out.print(t)
+    out.print("Any other model: --model package.module:factory (a callable returning an nn.Module).")
+
+
+@app.command("analyze")
+@_errors
+def analyze_cmd(
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+    plan: Annotated[Path | None, typer.Option(help="Show the segments this plan induces.")] = None,
+    input_size: InputSizeOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Activation sites, and the segments a plan (default: removing every removable activation) induces."""
+    from dsa.plan import load_plan, remove_all_plan
+
+    _, a = _model_and_analysis(model, pretrained, checkpoint, input_size)
+    if plan is not None:
+        p = load_plan(plan)
+        p.check(a)
+        segs, segs_for = p.induced_segments(a), str(plan)
+    else:
+        segs, segs_for = remove_all_plan(a).induced_segments(a), "all-removable"
+    if fmt == Format.json:
+        _emit_json(
+            {
+                "model": a.model_name,
+                "fingerprint": a.fingerprint,
+                "input_size": a.input_size,
+                "activations": [s.to_json() for s in a.activations],
+                "blocks": a.blocks(),
+                "segments_for": segs_for,
+                "segments": [s.to_json() for s in segs],
+                "findings": [{"node": f.node, "reason": f.reason} for f in a.findings],
+            }
+        )
+        return
+    t = Table(
+        "#", "activation", "type", "block", "removable", title=f"{a.model_name}: {len(a.activations)} activations"
+    )
+    for s in a.activations:
+        t.add_row(str(s.index), s.name, s.type, s.block, "yes" if s.removable else f"no: {s.reason}")
+    out.print(t)
+    t = Table(
+        "#",
+        "first member",
+        "last member",
+        "convs",
+        "kernel",
+        "stride",
+        "channels",
+        "kind",
+        title=f"segments ({segs_for}): {len(segs)}",
+    )
+    for i, s in enumerate(segs):
+        kind = ("depthwise" if s.depthwise else "dense") + (" +residual" if s.residual else "")
+        t.add_row(
+            str(i),
+            s.members[0],
+            s.members[-1],
+            str(len(s.convs)),
+            "x".join(map(str, s.kernel)),
+            "x".join(map(str, s.stride)),
+            f"{s.in_channels}->{s.out_channels}",
+            kind,
+        )
+    out.print(t)
+    for f in a.findings:
+        err.print(f"not analysed: {f.node}: {f.reason}")
+
+
+@app.command("plan")
+@_errors
+def plan_cmd(
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the plan JSON.")],
+    act_list: Annotated[
+        str | None, typer.Option(help="DepthShrinker keep list: 1,0,... one per block plus stem and head.")
+    ] = None,
+    ds_pattern: Annotated[str | None, typer.Option(help="DepthShrinker's MobileNetV2 pattern A-F.")] = None,
+    remove_all: Annotated[bool, typer.Option("--remove-all", help="Remove every removable activation.")] = False,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+    input_size: InputSizeOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Write a plan from a DepthShrinker keep list (no solver)."""
+    from dsa.errors import PlanError
+    from dsa.plan import ds_pattern_act_list, plan_from_act_list, remove_all_plan
+
+    chosen = [x for x in (act_list, ds_pattern) if x is not None] + ([True] if remove_all else [])
+    if len(chosen) != 1:
+        raise PlanError("give exactly one of --act-list, --ds-pattern, --remove-all")
+    _, a = _model_and_analysis(model, pretrained, checkpoint, input_size)
+    if remove_all:
+        p = remove_all_plan(a)
+    else:
+        if ds_pattern is not None:
+            keep = ds_pattern_act_list(ds_pattern)
+        else:
+            try:
+                keep = [int(x) for x in act_list.replace(" ", "").split(",") if x != ""]
+            except ValueError as e:
+                raise PlanError(f"--act-list must be comma-separated 0/1 values, got {act_list!r}") from e
+        p = plan_from_act_list(a, keep)
+    p.save(out_path)
+    if fmt == Format.json:
+        _emit_json(p.to_json())
+        return
+    out.print(
+        f"plan for {p.model}: {len(p.removed)} activations removed, {len(p.added)} added, "
+        f"{len(p.segments)} merged segments -> {out_path}"
+    )
+
+
+@app.command("merge")
+@_errors
+def merge_cmd(
+    plan: Annotated[Path, typer.Option(help="The plan JSON.")],
+    out_path: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Merged checkpoint (plan + state_dict); TorchScript goes beside it as <name>.torchscript.pt.",
+        ),
+    ],
+    onnx: Annotated[
+        Path | None, typer.Option(help="Also export ONNX here (checked with onnx.checker and onnxruntime).")
+    ] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Merge a (finetuned) network by its plan; write the merged model, TorchScript and optionally ONNX."""
+    import torch
+
+    from dsa.export import save_merged, to_onnx, to_torchscript
+    from dsa.merge import conv_count, merge
+    from dsa.plan import load_plan
+
+    p = load_plan(plan)
+    net, a = _model_and_analysis(model, pretrained, checkpoint, p.input_size)
+    merged = merge(net, p)
+    example = torch.randn(1, 3, p.input_size, p.input_size)
+    save_merged(merged, p, out_path, verified_max_rel_error=merged.dsa_merge_error)
+    ts_path = out_path.with_name(out_path.stem + ".torchscript.pt")
+    how = to_torchscript(merged, example, ts_path, p)
+    onnx_err = to_onnx(merged, example, onnx) if onnx else None
+    result = {
+        "model": p.model,
+        "convs_before": conv_count(net),
+        "convs_after": conv_count(merged),
+        "verified_max_rel_error_fp64": merged.dsa_merge_error,
+        "verified_max_rel_error_model_dtype": merged.dsa_merge_error_model_dtype,
+        "checkpoint": str(out_path),
+        "torchscript": str(ts_path),
+        "torchscript_mode": how,
+        "onnx": str(onnx) if onnx else None,
+        "onnxruntime_max_rel_error": onnx_err,
+    }
+    if fmt == Format.json:
+        _emit_json(result)
+        return
+    out.print(
+        f"merged {p.model}: {result['convs_before']} -> {result['convs_after']} convs; verified max relative "
+        f"error {merged.dsa_merge_error:.2e} (float64), {merged.dsa_merge_error_model_dtype:.2e} (model dtype)"
+    )
+    out.print(f"wrote {out_path} and {ts_path} (TorchScript, {how})")
+    if onnx:
+        out.print(f"wrote {onnx} (onnx.checker ok; onnxruntime max relative error {onnx_err:.2e})")
+
+
+@app.command("bench")
+@_errors
+def bench_cmd(
+    plan: Annotated[Path | None, typer.Option(help="Also time the network merged by this plan.")] = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
+    threads: Annotated[int | None, typer.Option(help="torch.set_num_threads (default: torch's).")] = None,
+    warmup: Annotated[int, typer.Option(min=0)] = 2,
+    repeats: Annotated[int, typer.Option(min=1)] = 5,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Measured images/s of the original and the merged network, interleaved in one run."""
+    import torch
+    from rich.progress import Progress
+
+    from dsa.bench import measure
+    from dsa.errors import DsaError
+    from dsa.merge import merge
+    from dsa.models import create_model
+    from dsa.models import input_size as default_size
+    from dsa.plan import load_plan
+
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise DsaError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+    if threads:
+        torch.set_num_threads(threads)
+    net = create_model(model, pretrained=pretrained, checkpoint=checkpoint)
+    models = {"original": net}
+    size = default_size(model)
+    if plan is not None:
+        p = load_plan(plan)
+        size = p.input_size
+        models["merged"] = merge(net, p)
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("timing", total=repeats * len(models))
+        res = measure(
+            models, batch_size, size, device, channels_last, warmup, repeats, progress=lambda *_: bar.advance(task)
+        )
+    result = {
+        "model": model,
+        "batch_size": batch_size,
+        "input_size": size,
+        "device": device,
+        "layout": "channels_last" if channels_last else "NCHW",
+        "threads": torch.get_num_threads(),
+        "warmup": warmup,
+        "repeats": repeats,
+        **{k: v.to_json() for k, v in res.items()},
+        "speedup": res["merged"].images_per_s / res["original"].images_per_s if "merged" in res else None,
+    }
+    if fmt == Format.json:
+        _emit_json(result)
+        return
+    t = Table(
+        "network",
+        "images/s (median)",
+        "min",
+        "max",
+        "IQR",
+        "ms/batch",
+        title=f"{model}, batch {batch_size}, {result['layout']}, {result['threads']} threads, {repeats} repeats",
+    )
+    for k, v in res.items():
+        t.add_row(
+            k,
+            f"{v.images_per_s:.1f}",
+            f"{v.images_per_s_min:.1f}",
+            f"{v.images_per_s_max:.1f}",
+            f"{v.iqr_images_per_s:.1f}",
+            f"{v.latency_ms:.1f}",
+        )
+    out.print(t)
+    if result["speedup"]:
+        out.print(f"speed-up: {result['speedup']:.2f}x")
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,58 @@
+"""dsa: hardware-aware depth compression for PyTorch CNNs.
+
+Three levels of API (as Torch-Pruning's graph / criteria / driver):
+
+- graph: :func:`analyze` (torch.fx) finds activation sites and the segments a plan induces;
+- plans: :class:`Plan`, :func:`load_plan`, :func:`make_plan`, :func:`plan_from_act_list`;
+- transforms: :func:`apply_plan` (merge-ready network to finetune) and :func:`merge` (one conv per segment,
+  verified numerically).
+"""
+
+from dsa._version import __version__
+from dsa.errors import (
+    AnalysisError,
+    ArtifactError,
+    DsaError,
+    ExportError,
+    MergeError,
+    MergeVerificationError,
+    ModelError,
+    PlanError,
+)
+from dsa.graph import Analysis, analyze
+from dsa.merge import apply_plan, merge
+from dsa.models import create_model, list_models
+from dsa.plan import (
+    Plan,
+    act_list_of,
+    ds_pattern_act_list,
+    load_plan,
+    make_plan,
+    plan_from_act_list,
+    remove_all_plan,
+)
+
+__all__ = [
+    "__version__",
+    "DsaError",
+    "AnalysisError",
+    "ArtifactError",
+    "ExportError",
+    "MergeError",
+    "MergeVerificationError",
+    "ModelError",
+    "PlanError",
+    "Analysis",
+    "analyze",
+    "apply_plan",
+    "merge",
+    "create_model",
+    "list_models",
+    "Plan",
+    "act_list_of",
+    "ds_pattern_act_list",
+    "load_plan",
+    "make_plan",
+    "plan_from_act_list",
+    "remove_all_plan",
+]

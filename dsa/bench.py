@@ -1,0 +1,87 @@
+"""Measured throughput of the original and merged networks, interleaved in one run on one machine."""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Images per second over ``repeats`` timed runs (each of ``iters`` forward passes)."""
+
+    images_per_s: float  # median
+    images_per_s_min: float
+    images_per_s_max: float
+    iqr_images_per_s: float
+    latency_ms: float  # median per batch
+    runs: tuple[float, ...]
+
+    def to_json(self) -> dict:
+        return {
+            "images_per_s": self.images_per_s,
+            "images_per_s_min": self.images_per_s_min,
+            "images_per_s_max": self.images_per_s_max,
+            "iqr_images_per_s": self.iqr_images_per_s,
+            "latency_ms": self.latency_ms,
+            "runs_images_per_s": list(self.runs),
+        }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _quantiles(values: list[float]) -> tuple[float, float]:
+    if len(values) < 2:
+        return values[0], values[0]
+    q = statistics.quantiles(values, n=4, method="inclusive")
+    return q[0], q[2]
+
+
+def measure(
+    models: Mapping[str, nn.Module],
+    batch_size: int = 32,
+    input_size: int = 224,
+    device: str = "cpu",
+    channels_last: bool = False,
+    warmup: int = 2,
+    repeats: int = 5,
+    iters: int = 1,
+    dtype: torch.dtype = torch.float32,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, Timing]:
+    """Time each model on the same input, round-robin (model A run 1, model B run 1, A run 2, ...), so that
+    machine noise hits all models alike. Returns the median and spread of images/s per model."""
+    dev = torch.device(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch_size, 3, input_size, input_size, dtype=dtype).to(dev, memory_format=fmt)
+    prepared = {name: m.eval().to(dev, dtype=dtype, memory_format=fmt) for name, m in models.items()}
+    runs: dict[str, list[float]] = {name: [] for name in prepared}
+    with torch.inference_mode():
+        for m in prepared.values():
+            for _ in range(warmup):
+                m(x)
+            _sync(dev)
+        for r in range(repeats):
+            for name, m in prepared.items():
+                _sync(dev)
+                t0 = time.perf_counter()
+                for _ in range(iters):
+                    m(x)
+                _sync(dev)
+                runs[name].append(batch_size * iters / (time.perf_counter() - t0))
+                if progress:
+                    progress(name, r)
+    out = {}
+    for name, vals in runs.items():
+        q1, q3 = _quantiles(vals)
+        med = statistics.median(vals)
+        out[name] = Timing(med, min(vals), max(vals), q3 - q1, 1000.0 * batch_size / med, tuple(vals))
+    return out

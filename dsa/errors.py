@@ -1,0 +1,39 @@
+"""The one exception hierarchy of dsa.
+
+Every error a user can cause is a :class:`DsaError`; its message says what was wrong and what to do.
+The CLI turns any ``DsaError`` into a one-line message on stderr and exit code 1.
+"""
+
+from __future__ import annotations
+
+
+class DsaError(Exception):
+    """Base class of every error dsa raises on purpose."""
+
+
+class ModelError(DsaError):
+    """A model name, factory or checkpoint could not be resolved or loaded."""
+
+
+class AnalysisError(DsaError):
+    """A network could not be traced or analysed."""
+
+
+class ArtifactError(DsaError):
+    """A saved artifact (plan, profile, checkpoint, device file) is corrupted or of an unknown version."""
+
+
+class PlanError(ArtifactError):
+    """A plan is malformed, for another model, or names unknown activations."""
+
+
+class MergeError(DsaError):
+    """A segment could not be merged."""
+
+
+class MergeVerificationError(MergeError):
+    """The merged network does not match the merge-ready network numerically."""
+
+
+class ExportError(DsaError):
+    """TorchScript or ONNX export failed or did not match."""

