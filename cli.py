@@ -38,7 +38,9 @@ PretrainedOpt = Annotated[
 ]
 CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", help="A state_dict to load into the model.")]
 FormatOpt = Annotated[Format, typer.Option("--format", help="table (readable) or json (for scripts).")]
-InputSizeOpt = Annotated[int | None, typer.Option("--input-size", help="Input resolution (default: the model's).")]
+InputSizeOpt = Annotated[
+    int | None, typer.Option("--input-size", min=1, help="Input resolution (default: the model's).")
+]
 
 DEFAULT_MODEL = "mobilenet_v2_140"
 
@@ -73,7 +75,7 @@ def _model_and_analysis(model: str, pretrained: bool, checkpoint: Path | None, i
     from dsa.models import input_size as default_size
 
     net = create_model(model, pretrained=pretrained, checkpoint=checkpoint)
-    return net, analyze(net, model, input_size or default_size(model))
+    return net, analyze(net, model, default_size(model) if input_size is None else input_size)
 
 
 @app.command("models")
@@ -169,7 +171,7 @@ def analyze_cmd(
         )
     out.print(t)
     for f in a.findings:
-        err.print(f"not analysed: {f.node}: {f.reason}")
+        typer.echo(f"not analysed: {f.node}: {f.reason}", err=True)
 
 
 @app.command("plan")
@@ -200,6 +202,11 @@ def plan_cmd(
     else:
         if ds_pattern is not None:
             keep = ds_pattern_act_list(ds_pattern)
+            if len(a.blocks()) != len(keep):
+                raise PlanError(
+                    f"--ds-pattern is DepthShrinker's MobileNetV2 keep list ({len(keep)} entries: stem, 17 blocks, "
+                    f"head); {model} has {len(a.blocks())} blocks; use --act-list"
+                )
         else:
             try:
                 keep = [int(x) for x in act_list.replace(" ", "").split(",") if x != ""]

@@ -28,7 +28,6 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
 from dsa.errors import AnalysisError
 
@@ -158,7 +157,7 @@ class ActivationSite:
 
 @dataclass(frozen=True)
 class Finding:
-    """Something the analysis could not handle, by node, with the reason."""
+    """Something the analysis could not handle, by op name, with the reason."""
 
     node: str
     reason: str
@@ -438,15 +437,15 @@ def _lower(gm: fx.GraphModule, root: nn.Module) -> tuple[dict[str, Op], list[Fin
             op.block = _block_of(root, node.target)
             tname = type(m).__name__
             if call_counts[node.target] > 1 and isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ZeroPad2d)):
-                op.note = f"{node.target} is called {call_counts[node.target]} times; dsa merges only unshared layers"
-                findings.append(Finding(node.name, op.note))
+                op.note = f"called {call_counts[node.target]} times; dsa merges only unshared layers"
+                findings.append(Finding(op.name, op.note))
             elif isinstance(m, nn.Conv2d):
                 info, why = conv_info(m)
                 if info is not None:
                     op.kind, op.conv = Kind.CONV, info
                 else:
                     op.note = why
-                    findings.append(Finding(node.name, f"{op.name}: {why}"))
+                    findings.append(Finding(op.name, why))
             elif isinstance(m, nn.BatchNorm2d):
                 ok, why = _bn_ok(m)
                 if ok:
@@ -472,7 +471,7 @@ def _lower(gm: fx.GraphModule, root: nn.Module) -> tuple[dict[str, Op], list[Fin
                         continue
                 elif why:
                     op.note = why
-                    findings.append(Finding(node.name, f"{op.name}: {why}"))
+                    findings.append(Finding(op.name, why))
             elif tname in ACTIVATION_TYPES:
                 op.kind = Kind.ACT
             elif isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout2d)):
@@ -527,6 +526,24 @@ def _lower(gm: fx.GraphModule, root: nn.Module) -> tuple[dict[str, Op], list[Fin
     return ops, findings
 
 
+@dataclass(frozen=True)
+class _TensorMeta:
+    shape: tuple[int, ...]
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Record each tensor-valued node's shape in ``node.meta["tensor_meta"]`` (torch's ShapeProp prints
+    tracebacks itself, which a CLI must not)."""
+
+    def run_node(self, n: fx.Node):
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor):
+            n.meta["tensor_meta"] = _TensorMeta(tuple(result.shape))
+        elif isinstance(result, (tuple, list)) and any(isinstance(r, torch.Tensor) for r in result):
+            n.meta["tensor_meta"] = tuple(result)  # several tensors: not a data-path op dsa follows
+        return result
+
+
 def _pad4(padding) -> tuple[int, int, int, int]:
     left, right, top, bottom = (padding,) * 4 if isinstance(padding, int) else padding
     return (int(top), int(bottom), int(left), int(right))
@@ -535,7 +552,7 @@ def _pad4(padding) -> tuple[int, int, int, int]:
 def _fingerprint(ops: dict[str, Op]) -> str:
     rows = []
     for op in ops.values():
-        row: list = [op.name, op.kind, op.module_type]
+        row: list = [op.name, op.kind, op.module_type, op.shape[1:2] if op.shape else None]
         if op.conv is not None:
             c = op.conv
             row += [c.in_channels, c.out_channels, c.kernel, c.stride, c.dilation, c.groups, c.padding]
@@ -563,23 +580,32 @@ def _removability(ops: dict[str, Op], users: dict[str, list[str]], op: Op) -> st
 
     cons = consumers(op.id)
     bad = [c for c in cons if c.kind not in (Kind.CONV, Kind.PAD, Kind.ADD, Kind.BN)]
-    if not cons or bad:
-        who = bad[0] if bad else None
-        return f"it feeds {who.name if who else 'the output'} ({who.module_type if who else '-'}), so no conv follows"
+    if not cons:
+        return "nothing reads its output"
+    if bad:
+        who = bad[0]
+        if who.kind == Kind.OUTPUT:
+            return "it feeds the network output, so no conv follows"
+        if who.note:
+            return f"it feeds {who.name}, which dsa cannot merge ({who.note})"
+        return f"it feeds {who.name} ({who.module_type}), so no conv follows"
     return ""
 
 
 def analyze(model: nn.Module, model_name: str = "", input_size: int = 224) -> Analysis:
     """Trace ``model`` and lower it to the IR; find activation sites and what cannot be analysed."""
     gm = trace(model)
-    example = torch.zeros(1, 3, input_size, input_size)
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise AnalysisError(f"input size must be a positive integer, got {input_size!r}")
+    param = next(model.parameters(), None)
+    example = torch.zeros(1, 3, input_size, input_size, dtype=param.dtype if param is not None else torch.float32)
     try:
         with torch.no_grad():
-            ShapeProp(gm).propagate(example)
+            _ShapeRecorder(gm).run(example)
     except Exception as e:
         raise AnalysisError(
-            f"shape propagation of {model_name or type(model).__name__} at 1x3x{input_size}x{input_size} failed: "
-            f"{type(e).__name__}: {e}"
+            f"running {model_name or type(model).__name__} on a 1x3x{input_size}x{input_size} input failed: "
+            f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} (try another --input-size)"
         ) from e
     ops, findings = _lower(gm, model)
     users: dict[str, list[str]] = {i: [] for i in ops}

