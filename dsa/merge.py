@@ -449,10 +449,15 @@ def merge(
     merged = merged64.to(dtype)
     err_model = verify(ready64, merged, sizes, dtype=dtype) if dtype != torch.float64 else err
     if dtype == torch.float32 and not err_model <= tolerance_fp32:
-        raise MergeVerificationError(
-            f"merged network in float32 differs from the merge-ready one by max relative error {err_model:.3g} "
-            f"(tolerance {tolerance_fp32:g}); the merged kernels may be too large for float32"
-        )
+        # long linear chains can be ill-conditioned in float32: accept what the merge-ready network itself
+        # achieves in float32 against its exact function
+        own = verify(ready64, ready, sizes, dtype=dtype)
+        if not err_model <= 2 * own:
+            raise MergeVerificationError(
+                f"merged network in float32 differs from the merge-ready one (exact) by max relative error "
+                f"{err_model:.3g}, above {tolerance_fp32:g} and twice the merge-ready network's own float32 error "
+                f"{own:.3g}; the merged kernels may be too large for float32"
+            )
     merged.dsa_merged = True
     merged.dsa_merge_error = err
     merged.dsa_merge_error_model_dtype = err_model

@@ -281,7 +281,9 @@ def test_untraceable_model_raises_analysis_error() -> None:
 
 def test_shape_propagation_failure_raises_analysis_error() -> None:
     # reflect padding needs an input larger than the pad
-    with pytest.raises(AnalysisError, match=r"running tiny_reflect on a 1x3x1x1 input failed: RuntimeError: .*Padding size"):
+    with pytest.raises(
+        AnalysisError, match=r"running tiny_reflect on a 1x3x1x1 input failed: RuntimeError: .*Padding size"
+    ):
         analyze(tm.tiny_reflect(), "tiny_reflect", 1)
 
 
