@@ -362,6 +362,166 @@ def bench_cmd(
         out.print(f"speed-up: {result['speedup']:.2f}x")
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    tf32 = "tf32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+GpuOpt = Annotated[str, typer.Option("--gpu", "-g", help="Device name, alias (v100, a100, h100, ...) or device file.")]
+PrecisionOpt = Annotated[Precision, typer.Option(help="Numeric precision of the prediction.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
+
+
+@app.command("devices")
+@_errors
+def devices_cmd(
+    measure: Annotated[bool, typer.Option("--measure", help="Measure this machine's CPU (or --device cuda).")] = False,
+    device: Annotated[str, typer.Option(help="With --measure: cpu or cuda[:i].")] = "cpu",
+    seconds: Annotated[float, typer.Option(min=0.5, help="With --measure: time budget.")] = 5.0,
+    out_path: Annotated[Path | None, typer.Option("--out", help="With --measure: device file to write.")] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """List the known devices, or measure the local one (achieved matmul FLOP/s and copy bandwidth)."""
+    import roofline as rl
+
+    if measure:
+        spec = rl.measure_local_device(device, seconds)
+        path = out_path or Path("profiles") / spec.name / "device.json"
+        rl.save_device(spec, path)
+        if fmt == Format.json:
+            _emit_json({**spec.to_dict(), "path": str(path)})
+            return
+        m = spec.measured
+        out.print(f"{spec.name}: matmul {m.matmul_tflops} TFLOP/s, copy {m.copy_bandwidth_gbps:.1f} GB/s -> {path}")
+        return
+    specs = rl.list_devices()
+    if fmt == Format.json:
+        _emit_json([s.to_dict() for s in specs])
+        return
+    t = Table("device", "aliases", "SMs", "fp32 TFLOP/s", "fp16 tensor TFLOP/s", "bandwidth GB/s", "calibrated")
+    for s in specs:
+        p = s.peaks_tflops
+        t.add_row(
+            s.name,
+            ", ".join(s.aliases),
+            str(s.sms),
+            f"{p.cuda_fp32:g}" if p.cuda_fp32 else "-",
+            f"{p.tensor_fp16:g}" if p.tensor_fp16 else "-",
+            f"{s.mem_bandwidth_gbps:g}",
+            s.calibration.precision if s.calibration else "-",
+        )
+    out.print(t)
+
+
+def _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision):
+    from dsa.costs import evaluate
+    from dsa.plan import load_plan, make_plan
+
+    if plan is not None:
+        p = load_plan(plan)
+        _, a = _model_and_analysis(model, pretrained, checkpoint, p.input_size)
+        p.check(a)
+    else:
+        _, a = _model_and_analysis(model, pretrained, checkpoint)
+        p = make_plan(a)
+    return evaluate(a, p, gpu, batch_size, precision.value)
+
+
+@app.command("evaluate")
+@_errors
+def evaluate_cmd(
+    plan: Annotated[Path, typer.Option(help="The plan JSON.")],
+    gpu: GpuOpt = "v100",
+    batch_size: BatchOpt = 128,
+    precision: PrecisionOpt = Precision.fp32,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Predicted latency and throughput of the original and the planned network on a GPU."""
+    ev = _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision)
+    if fmt == Format.json:
+        _emit_json({"model": model, **ev.to_json()})
+        return
+    t = Table(
+        "segment",
+        "convs",
+        "kernel",
+        "channels",
+        "before ms",
+        "after ms",
+        title=f"{model} on {ev.device}, {ev.precision}, batch {ev.batch} ({ev.source})",
+    )
+    for row in ev.segment_rows():
+        if row["convs"] > 1:
+            t.add_row(
+                row["members"][0],
+                str(row["convs"]),
+                "x".join(map(str, row["kernel"])),
+                "->".join(map(str, row["channels"])),
+                f"{row['baseline_ms']:.3f}",
+                f"{row['planned_ms']:.3f}",
+            )
+    out.print(t)
+    out.print(
+        f"original: {ev.baseline.latency_ms:.2f} ms, {ev.baseline.throughput_img_s:.0f} img/s; "
+        f"planned: {ev.planned.latency_ms:.2f} ms, {ev.planned.throughput_img_s:.0f} img/s; "
+        f"speed-up {ev.speedup:.2f}x"
+    )
+
+
+@app.command("roofline")
+@_errors
+def roofline_cmd(
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Figure file (.png or .svg).")],
+    gpu: GpuOpt = "v100",
+    plan: Annotated[Path | None, typer.Option(help="Also plot the merged layers of this plan.")] = None,
+    batch_size: BatchOpt = 128,
+    precision: PrecisionOpt = Precision.fp32,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+) -> None:
+    """The device's roofline with every layer of the network (and of the merged network) as a point."""
+    import roofline as rl
+
+    ev = _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision)
+    points = rl.points_from_ops([c.spec for c in ev.baseline_ops], list(ev.baseline.op_times), "original layers")
+    if plan is not None:
+        merged = [
+            (c.spec, t) for c, t in zip(ev.planned_ops, ev.planned.op_times, strict=True) if c.segment is not None
+        ]
+        points += rl.points_from_ops([m[0] for m in merged], [m[1] for m in merged], "merged layers")
+    title = f"{model} on {ev.device}, {ev.precision}, batch {ev.batch} (predicted; area = time)"
+    rl.plot_roofline(ev.device, ev.precision, points, out_path, title=title)
+    out.print(f"wrote {out_path}")
+
+
+@app.command("report")
+@_errors
+def report_cmd(
+    plan: Annotated[Path, typer.Option(help="The plan JSON.")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Figure file (.png or .svg).")],
+    gpu: GpuOpt = "v100",
+    batch_size: BatchOpt = 128,
+    precision: PrecisionOpt = Precision.fp32,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+) -> None:
+    """Per-block predicted latency of the original and the planned network, as bars."""
+    import roofline as rl
+
+    ev = _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision)
+    blocks, before, after = ev.by_block()
+    title = f"{model} on {ev.device}, {ev.precision}, batch {ev.batch}: predicted latency per block"
+    rl.plot_latency_bars(blocks, before, after, out_path, title, before_label="original", after_label="planned")
+    out.print(f"wrote {out_path}")
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -1,0 +1,254 @@
+"""Op costs of a network and of its planned (merged) form, and their predicted latency on a device.
+
+The analysed IR is turned into roofline :class:`~roofline.OpSpec` s at a batch size and precision:
+every conv, BN, activation, add, pad, pooling, linear and gate of the original network (``baseline``),
+and for a plan the network as it will run after merging (``planned``): one conv per segment with the
+merged shape, the kept and added activations, and everything outside the segments. No weights are built,
+so predicting a plan takes milliseconds. MACs follow fvcore's convention (one multiply-add = one MAC;
+FLOPs = 2 x MACs, in roofline.ops); a test checks the conv and linear MACs against fvcore.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import roofline as rl
+from dsa.errors import DsaError
+from dsa.graph import Analysis, Kind, Op, Segment
+from dsa.plan import Plan
+
+DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2}
+_POOL_TYPES = {
+    "AdaptiveAvgPool2d": "avg",
+    "AvgPool2d": "avg",
+    "MaxPool2d": "max",
+    "adaptive_avg_pool2d": "avg",
+    "avg_pool2d": "avg",
+    "max_pool2d": "max",
+    "mean": "avg",
+    "adaptive_max_pool2d": "max",
+}
+_NO_KERNEL = {
+    "flatten",
+    "view",
+    "reshape",
+    "size",
+    "getattr",
+    "getitem",
+    "contiguous",
+    "Flatten",
+    "squeeze",
+    "unsqueeze",
+    "Identity",
+    "Dropout",
+    "Dropout2d",
+}
+_GATES = {"Sigmoid", "Hardsigmoid", "HardSigmoid", "sigmoid", "hardsigmoid"}
+
+
+@dataclass(frozen=True)
+class CostedOp:
+    spec: rl.OpSpec
+    block: str  # the op's block, or its own name for ops outside any block (global pooling, ...)
+    segment: int | None  # index into the plan's segments, for ops a segment covers
+
+
+def dtype_bytes(precision: str) -> int:
+    if precision not in DTYPE_BYTES:
+        raise DsaError(f"unknown precision {precision!r}; choose one of {', '.join(DTYPE_BYTES)}")
+    return DTYPE_BYTES[precision]
+
+
+def _numel(shape: tuple[int, ...] | None, batch: int) -> int:
+    return batch * math.prod(shape[1:]) if shape else 0
+
+
+def op_spec(a: Analysis, op: Op, batch: int, nbytes: int) -> rl.OpSpec | None:
+    """The roofline op of one IR op at ``batch`` (None for ops that launch no kernel)."""
+    if op.kind in (Kind.INPUT, Kind.OUTPUT, Kind.IDENTITY) or not op.shape:
+        return None
+    shape = op.shape
+    src = a.ops[op.inputs[0]].shape if op.inputs else None
+    numel = _numel(shape, batch)
+    if op.kind == Kind.CONV:
+        c = op.conv
+        return rl.conv2d_op(
+            op.name,
+            batch,
+            c.in_channels,
+            c.out_channels,
+            src[2],
+            src[3],
+            shape[2],
+            shape[3],
+            kernel=c.kernel,
+            groups=c.groups,
+            bias=c.bias,
+            dtype_bytes=nbytes,
+        )
+    if op.kind == Kind.BN:
+        return rl.elementwise_op(op.name, "bn", numel, dtype_bytes=nbytes, batch=batch, channels=shape[1])
+    if op.kind == Kind.ACT or op.module_type in _GATES:
+        return rl.elementwise_op(op.name, "act", numel, dtype_bytes=nbytes, batch=batch)
+    if op.kind == Kind.ADD:
+        return rl.elementwise_op(op.name, "add", numel, n_inputs=2, dtype_bytes=nbytes, batch=batch)
+    if op.kind == Kind.PAD:
+        return rl.elementwise_op(op.name, "other", numel, dtype_bytes=nbytes, batch=batch)
+    kind = op.module_type
+    if kind in _NO_KERNEL:
+        return None
+    if kind in _POOL_TYPES and src is not None and len(src) == 4:
+        h_out, w_out = (shape[2], shape[3]) if len(shape) == 4 else (1, 1)
+        k = (max(1, src[2] // h_out), max(1, src[3] // w_out))
+        return rl.pooling_op(op.name, batch, src[1], src[2], src[3], h_out, w_out, k, _POOL_TYPES[kind], nbytes)
+    if kind == "Linear" and src is not None:
+        return rl.linear_op(op.name, batch * math.prod(src[1:-1]), src[-1], shape[-1], dtype_bytes=nbytes)
+    if kind in ("mul", "matmul", "cat", "add", "sub", "truediv"):
+        n_in = max(1, len(op.inputs))
+        return rl.elementwise_op(
+            op.name, "mul" if kind == "mul" else "other", numel, n_inputs=n_in, dtype_bytes=nbytes, batch=batch
+        )
+    return rl.elementwise_op(op.name, "other", numel, dtype_bytes=nbytes, batch=batch)
+
+
+def baseline_ops(a: Analysis, batch: int, precision: str = "fp32") -> list[CostedOp]:
+    """Every kernel of the original network, in execution order."""
+    nbytes = dtype_bytes(precision)
+    out = []
+    for op in a.ops.values():
+        spec = op_spec(a, op, batch, nbytes)
+        if spec is not None:
+            out.append(CostedOp(spec, op.block or op.name, None))
+    return out
+
+
+def segment_conv_spec(seg: Segment, batch: int, nbytes: int) -> rl.OpSpec:
+    """The merged conv of a segment (bias included: BN and earlier biases fold into it)."""
+    groups = seg.in_channels if seg.depthwise else 1
+    name = seg.convs[0] if len(seg.convs) == 1 else f"{seg.convs[0]}+{len(seg.convs) - 1}"
+    return rl.conv2d_op(
+        name,
+        batch,
+        seg.in_channels,
+        seg.out_channels,
+        seg.in_shape[1],
+        seg.in_shape[2],
+        seg.out_shape[1],
+        seg.out_shape[2],
+        kernel=seg.kernel,
+        groups=groups,
+        bias=True,
+        dtype_bytes=nbytes,
+    )
+
+
+def planned_ops(
+    a: Analysis, plan: Plan, batch: int, precision: str = "fp32", segments: Sequence[Segment] | None = None
+) -> tuple[list[CostedOp], list[CostedOp], list[Segment]]:
+    """(baseline ops tagged with the segment that covers them, planned ops, segments) for ``plan``."""
+    nbytes = dtype_bytes(precision)
+    segments = list(segments) if segments is not None else plan.induced_segments(a)
+    covered = {mid: i for i, s in enumerate(segments) for mid in s.member_ids}
+    removed_ids = {a.by_name[n].id for n in plan.removed}
+    first_of = {s.member_ids[0]: i for i, s in enumerate(segments)}
+    added_after = {a.by_name[x.after].id: x for x in plan.added}
+    base: list[CostedOp] = []
+    planned: list[CostedOp] = []
+    for op in a.ops.values():
+        spec = op_spec(a, op, batch, nbytes)
+        seg = covered.get(op.id)
+        block = op.block or op.name
+        if spec is not None:
+            base.append(CostedOp(spec, block, seg))
+        if op.id in first_of:
+            i = first_of[op.id]
+            planned.append(CostedOp(segment_conv_spec(segments[i], batch, nbytes), segments[i].blocks[0], i))
+        elif seg is None and op.id not in removed_ids and spec is not None:
+            planned.append(CostedOp(spec, block, None))
+        if op.id in added_after:
+            name = f"{op.block}.ds_act" if op.block else "ds_act"
+            act = rl.elementwise_op(name, "act", _numel(op.shape, batch), dtype_bytes=nbytes, batch=batch)
+            planned.append(CostedOp(act, block, None))
+    return base, planned, segments
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    device: str
+    precision: str
+    batch: int
+    baseline: rl.NetworkTime
+    planned: rl.NetworkTime
+    baseline_ops: tuple[CostedOp, ...]
+    planned_ops: tuple[CostedOp, ...]
+    segments: tuple[Segment, ...]
+    source: str  # where the op times came from
+
+    @property
+    def speedup(self) -> float:
+        return self.baseline.latency_ms / self.planned.latency_ms
+
+    def segment_rows(self) -> list[dict]:
+        rows = []
+        for i, seg in enumerate(self.segments):
+            b = sum(
+                t.total_ms for c, t in zip(self.baseline_ops, self.baseline.op_times, strict=True) if c.segment == i
+            )
+            p = sum(t.total_ms for c, t in zip(self.planned_ops, self.planned.op_times, strict=True) if c.segment == i)
+            rows.append(
+                {
+                    "members": list(seg.members),
+                    "convs": len(seg.convs),
+                    "kernel": list(seg.kernel),
+                    "stride": list(seg.stride),
+                    "channels": [seg.in_channels, seg.out_channels],
+                    "depthwise": seg.depthwise,
+                    "baseline_ms": b,
+                    "planned_ms": p,
+                }
+            )
+        return rows
+
+    def by_block(self) -> tuple[list[str], list[float], list[float]]:
+        blocks: list[str] = []
+        before: dict[str, float] = {}
+        after: dict[str, float] = {}
+        for c, t in zip(self.baseline_ops, self.baseline.op_times, strict=True):
+            if c.block not in before:
+                blocks.append(c.block)
+            before[c.block] = before.get(c.block, 0.0) + t.total_ms
+        for c, t in zip(self.planned_ops, self.planned.op_times, strict=True):
+            after[c.block] = after.get(c.block, 0.0) + t.total_ms
+        return blocks, [before[b] for b in blocks], [after.get(b, 0.0) for b in blocks]
+
+    def to_json(self) -> dict:
+        return {
+            "device": self.device,
+            "precision": self.precision,
+            "batch_size": self.batch,
+            "source": self.source,
+            "baseline": {"latency_ms": self.baseline.latency_ms, "throughput": self.baseline.throughput_img_s},
+            "planned": {"latency_ms": self.planned.latency_ms, "throughput": self.planned.throughput_img_s},
+            "speedup": self.speedup,
+            "segments": self.segment_rows(),
+        }
+
+
+def evaluate(
+    a: Analysis,
+    plan: Plan,
+    device: str | rl.DeviceSpec,
+    batch: int = 128,
+    precision: str = "fp32",
+    fuse_elementwise: bool = False,
+) -> Evaluation:
+    """Predicted latency and throughput of the original and the planned network on ``device``."""
+    spec = rl.load_device(device)
+    base, planned, segments = planned_ops(a, plan, batch, precision)
+    cal = spec.calibration if spec.calibration is not None and spec.calibration.precision == precision else None
+    b = rl.predict_network([c.spec for c in base], spec, precision, batch, cal, fuse_elementwise)
+    p = rl.predict_network([c.spec for c in planned], spec, precision, batch, cal, fuse_elementwise)
+    source = f"roofline ({'calibrated' if cal else 'datasheet, uncalibrated'})"
+    return Evaluation(spec.name, precision, batch, b, p, tuple(base), tuple(planned), tuple(segments), source)
