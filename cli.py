@@ -415,9 +415,15 @@ def devices_cmd(
     out.print(t)
 
 
-def _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision):
+ProfileOpt = Annotated[
+    Path | None, typer.Option("--profile", help="A measured profile (dsa profile): its device, calibration and times.")
+]
+
+
+def _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision, profile=None):
     from dsa.costs import evaluate
     from dsa.plan import load_plan, make_plan
+    from dsa.profile import load_profile
 
     if plan is not None:
         p = load_plan(plan)
@@ -426,7 +432,8 @@ def _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision)
     else:
         _, a = _model_and_analysis(model, pretrained, checkpoint)
         p = make_plan(a)
-    return evaluate(a, p, gpu, batch_size, precision.value)
+    prof = load_profile(profile) if profile is not None else None
+    return evaluate(a, p, gpu, batch_size, precision.value, profile=prof)
 
 
 @app.command("evaluate")
@@ -436,13 +443,15 @@ def evaluate_cmd(
     gpu: GpuOpt = "v100",
     batch_size: BatchOpt = 128,
     precision: PrecisionOpt = Precision.fp32,
+    profile: ProfileOpt = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Predicted latency and throughput of the original and the planned network on a GPU."""
-    ev = _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision)
+    """Predicted latency and throughput of the original and the planned network on a GPU (or, with
+    --profile, on the profiled device, using its measured times where it has them)."""
+    ev = _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision, profile)
     if fmt == Format.json:
         _emit_json({"model": model, **ev.to_json()})
         return
@@ -453,6 +462,7 @@ def evaluate_cmd(
         "channels",
         "before ms",
         "after ms",
+        "after from",
         title=f"{model} on {ev.device}, {ev.precision}, batch {ev.batch} ({ev.source})",
     )
     for row in ev.segment_rows():
@@ -464,8 +474,11 @@ def evaluate_cmd(
                 "->".join(map(str, row["channels"])),
                 f"{row['baseline_ms']:.3f}",
                 f"{row['planned_ms']:.3f}",
+                row["planned_source"],
             )
     out.print(t)
+    src = ev.sources()
+    out.print(f"op times: original {src['baseline_ops']}, planned {src['planned_ops']} ({src['roofline_model']})")
     out.print(
         f"original: {ev.baseline.latency_ms:.2f} ms, {ev.baseline.throughput_img_s:.0f} img/s; "
         f"planned: {ev.planned.latency_ms:.2f} ms, {ev.planned.throughput_img_s:.0f} img/s; "
@@ -520,6 +533,162 @@ def report_cmd(
     title = f"{model} on {ev.device}, {ev.precision}, batch {ev.batch}: predicted latency per block"
     rl.plot_latency_bars(blocks, before, after, out_path, title, before_label="original", after_label="planned")
     out.print(f"wrote {out_path}")
+
+
+@app.command("profile")
+@_errors
+def profile_cmd(
+    out_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Profile file (default: profiles/<device>/<model>_b<B>_<precision>_<layout>.json)."
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    precision: PrecisionOpt = Precision.fp32,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
+    warmup: Annotated[int, typer.Option(min=0)] = 2,
+    repeats: Annotated[int, typer.Option(min=1)] = 5,
+    plan: Annotated[Path | None, typer.Option(help="Also time the network merged by this plan end to end.")] = None,
+    threads: Annotated[int | None, typer.Option(help="torch.set_num_threads (default: torch's).")] = None,
+    input_size: InputSizeOpt = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+) -> None:
+    """Measure every op (torch.profiler), every candidate merged segment and the whole network."""
+    import torch
+    from rich.progress import Progress
+
+    from dsa.plan import load_plan
+    from dsa.profile import default_path, profile_model
+
+    if threads:
+        torch.set_num_threads(threads)
+    p = load_plan(plan) if plan is not None else None
+    net, a = _model_and_analysis(model, pretrained, checkpoint, p.input_size if p else input_size)
+    if p is not None:
+        p.check(a)
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("profiling", total=None)
+
+        def progress(what: str, step: int, total: int) -> None:
+            bar.update(task, completed=step, total=total, description=what)
+
+        prof = profile_model(
+            net,
+            a,
+            batch_size=batch_size,
+            precision=precision.value,
+            device=device,
+            channels_last=channels_last,
+            warmup=warmup,
+            repeats=repeats,
+            plan=p,
+            progress=progress,
+        )
+    path = out_path or default_path(prof)
+    prof.save(path)
+    e2e = prof.end_to_end
+    summary = f"{len(prof.ops)} ops, {len(prof.segments)} candidate segments"
+    if "original" in e2e:
+        summary += f"; original {e2e['original']['images_per_s']:.1f} img/s"
+    if "merged" in e2e:
+        summary += f", merged {e2e['merged']['images_per_s']:.1f} img/s"
+    out.print(f"wrote {path}: {summary}")
+    if not prof.complete:
+        err.print("interrupted: the profile holds what was measured before Ctrl-C")
+        raise typer.Exit(130)
+
+
+@app.command("calibrate")
+@_errors
+def calibrate_cmd(
+    profile: Annotated[Path, typer.Option("--profile", help="A measured profile (dsa profile).")],
+    device_out: Annotated[
+        Path | None, typer.Option("--device-out", help="Also write the calibrated device file here.")
+    ] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Fit the roofline efficiencies of the profiled device on a training split of the measured ops; the
+    calibration is stored in the profile (and optionally a device file)."""
+    import roofline as rl
+    from dsa.calibrate import calibrate
+    from dsa.profile import load_profile
+
+    prof = load_profile(profile)
+    _, a = _model_and_analysis(model, pretrained, checkpoint, prof.input_size)
+    cal, prof = calibrate(a, prof)
+    prof.save(profile)
+    if device_out is not None:
+        rl.save_device(prof.device(), device_out)
+    if fmt == Format.json:
+        _emit_json(cal.to_dict())
+        return
+    effs = ", ".join(f"{k} {v:.3g}" for k, v in sorted(cal.compute_efficiency.items()))
+    out.print(
+        f"calibrated {prof.device_name} on {cal.n_ops} items: compute efficiency {effs}; memory "
+        f"{', '.join(f'{v:.3g}' for v in sorted(set(cal.memory_efficiency.values())))}; launch {cal.launch_ms:.4f} ms; "
+        f"training median error {cal.median_abs_pct_error_uncalibrated:.1f}% -> {cal.median_abs_pct_error:.1f}%"
+    )
+    out.print(f"stored in {profile}" + (f" and {device_out}" if device_out else ""))
+
+
+@app.command("validate")
+@_errors
+def validate_cmd(
+    profile: Annotated[Path, typer.Option("--profile", help="A measured profile (dsa profile).")],
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """How well the roofline predicts held-out measured segments and ops, and whole networks, before and
+    after calibration."""
+    from dsa.calibrate import validate
+    from dsa.profile import load_profile
+
+    prof = load_profile(profile)
+    _, a = _model_and_analysis(model, pretrained, checkpoint, prof.input_size)
+    rep = validate(a, prof)
+    if fmt == Format.json:
+        _emit_json(rep)
+        return
+    t = Table(
+        "held-out",
+        "model",
+        "n",
+        "median |err| %",
+        "within 10%",
+        "Spearman",
+        "Kendall",
+        title=f"{rep['model']} on {rep['device']}, batch {rep['batch_size']}, {rep['precision']}, {rep['layout']}",
+    )
+    for label in ("uncalibrated", "calibrated"):
+        for kind in ("segment", "op"):
+            m = rep[label][kind]
+            if m.get("n"):
+                t.add_row(
+                    kind + "s",
+                    label,
+                    str(m["n"]),
+                    f"{m['median_abs_pct_err']:.1f}",
+                    f"{m['within_10pct']:.0%}",
+                    f"{m.get('spearman', float('nan')):.3f}",
+                    f"{m.get('kendall', float('nan')):.3f}",
+                )
+    out.print(t)
+    for name, row in rep["end_to_end"].items():
+        if isinstance(row, dict):
+            out.print(
+                f"end to end, {name}: measured {row['measured_ms']:.1f} ms, predicted "
+                f"{row['predicted_ms_uncalibrated']:.1f} ms uncalibrated ({row['abs_pct_err_uncalibrated']:.1f}% off), "
+                f"{row['predicted_ms_calibrated']:.1f} ms calibrated ({row['abs_pct_err_calibrated']:.1f}% off)"
+            )
 
 
 def main() -> None:  # pragma: no cover

@@ -184,11 +184,21 @@ class Evaluation:
     baseline_ops: tuple[CostedOp, ...]
     planned_ops: tuple[CostedOp, ...]
     segments: tuple[Segment, ...]
-    source: str  # where the op times came from
+    source: str  # the model behind the roofline numbers
+    baseline_sources: tuple[str, ...] = ()  # per op: "measured" or "roofline"
+    planned_sources: tuple[str, ...] = ()
 
     @property
     def speedup(self) -> float:
         return self.baseline.latency_ms / self.planned.latency_ms
+
+    def sources(self) -> dict:
+        count = lambda xs: {k: xs.count(k) for k in sorted(set(xs))}  # noqa: E731
+        return {
+            "roofline_model": self.source,
+            "baseline_ops": count(list(self.baseline_sources)),
+            "planned_ops": count(list(self.planned_sources)),
+        }
 
     def segment_rows(self) -> list[dict]:
         rows = []
@@ -196,7 +206,11 @@ class Evaluation:
             b = sum(
                 t.total_ms for c, t in zip(self.baseline_ops, self.baseline.op_times, strict=True) if c.segment == i
             )
-            p = sum(t.total_ms for c, t in zip(self.planned_ops, self.planned.op_times, strict=True) if c.segment == i)
+            planned = [
+                (t, src)
+                for c, t, src in zip(self.planned_ops, self.planned.op_times, self.planned_sources, strict=True)
+                if c.segment == i
+            ]
             rows.append(
                 {
                     "members": list(seg.members),
@@ -206,7 +220,8 @@ class Evaluation:
                     "channels": [seg.in_channels, seg.out_channels],
                     "depthwise": seg.depthwise,
                     "baseline_ms": b,
-                    "planned_ms": p,
+                    "planned_ms": sum(t.total_ms for t, _ in planned),
+                    "planned_source": planned[0][1] if planned else "roofline",
                 }
             )
         return rows
@@ -229,6 +244,7 @@ class Evaluation:
             "precision": self.precision,
             "batch_size": self.batch,
             "source": self.source,
+            "sources": self.sources(),
             "baseline": {"latency_ms": self.baseline.latency_ms, "throughput": self.baseline.throughput_img_s},
             "planned": {"latency_ms": self.planned.latency_ms, "throughput": self.planned.throughput_img_s},
             "speedup": self.speedup,
@@ -236,19 +252,81 @@ class Evaluation:
         }
 
 
+def _measured(name: str, ms: float, op_class: str) -> rl.OpTime:
+    return rl.OpTime(name, op_class, "measured", 0.0, 0.0, 0.0, ms, "measured")
+
+
+def _network(times: list[rl.OpTime], spec: rl.DeviceSpec, precision: str, batch: int) -> rl.NetworkTime:
+    latency = math.fsum(t.total_ms for t in times)
+    return rl.NetworkTime(spec.name, precision, batch, latency, batch / (latency / 1e3), tuple(times))
+
+
 def evaluate(
     a: Analysis,
     plan: Plan,
-    device: str | rl.DeviceSpec,
+    device: str | rl.DeviceSpec | None = "v100",
     batch: int = 128,
     precision: str = "fp32",
     fuse_elementwise: bool = False,
+    profile=None,
 ) -> Evaluation:
-    """Predicted latency and throughput of the original and the planned network on ``device``."""
-    spec = rl.load_device(device)
+    """Predicted latency and throughput of the original and the planned network on ``device``.
+
+    With a matching measured ``profile`` (a :class:`dsa.profile.Profile` of this model at this batch and
+    precision), its device (and calibration) is used, and every op or merged segment it measured takes its
+    measured time; the rest comes from the (calibrated) roofline. Each op records its source."""
+    from dsa.profile import signature_of
+
+    if profile is not None:
+        if not profile.matches(a.fingerprint, batch, precision):
+            raise DsaError(
+                f"the profile is of {profile.model} at batch {profile.batch_size}, {profile.precision} "
+                f"(fingerprint {profile.fingerprint}); this evaluation is of {a.model_name} at batch {batch}, "
+                f"{precision} (fingerprint {a.fingerprint}): profile it with those settings, or drop --profile"
+            )
+        spec = profile.device()
+    else:
+        spec = rl.load_device(device)
     base, planned, segments = planned_ops(a, plan, batch, precision)
     cal = spec.calibration if spec.calibration is not None and spec.calibration.precision == precision else None
-    b = rl.predict_network([c.spec for c in base], spec, precision, batch, cal, fuse_elementwise)
-    p = rl.predict_network([c.spec for c in planned], spec, precision, batch, cal, fuse_elementwise)
+    b_times = rl.predict_ops([c.spec for c in base], spec, precision, cal, fuse_elementwise)
+    p_times = rl.predict_ops([c.spec for c in planned], spec, precision, cal, fuse_elementwise)
+    b_src = ["roofline"] * len(base)
+    p_src = ["roofline"] * len(planned)
+    if profile is not None:
+        for i, c in enumerate(base):
+            if c.spec.name in profile.ops:
+                b_times[i] = _measured(c.spec.name, profile.ops[c.spec.name].median_ms, c.spec.op_class.value)
+                b_src[i] = "measured"
+        last_seg = None
+        for i, c in enumerate(planned):
+            stat = None
+            if c.segment is not None:
+                seg = segments[c.segment]
+                last_seg = profile.segments.get(signature_of(seg)) if seg.merged else None
+                stat = last_seg["conv"] if last_seg else (profile.ops.get(seg.convs[0]) if not seg.merged else None)
+            elif c.spec.name.endswith("ds_act") and last_seg is not None and last_seg.get("act") is not None:
+                stat = last_seg["act"]
+            else:
+                stat = profile.ops.get(c.spec.name)
+            if stat is not None:
+                p_times[i] = _measured(c.spec.name, stat.median_ms, c.spec.op_class.value)
+                p_src[i] = "measured"
+    b = _network(b_times, spec, precision, batch)
+    p = _network(p_times, spec, precision, batch)
     source = f"roofline ({'calibrated' if cal else 'datasheet, uncalibrated'})"
-    return Evaluation(spec.name, precision, batch, b, p, tuple(base), tuple(planned), tuple(segments), source)
+    if profile is not None:
+        source = f"profile of {profile.device_name} ({profile.layout}) + {source}"
+    return Evaluation(
+        spec.name,
+        precision,
+        batch,
+        b,
+        p,
+        tuple(base),
+        tuple(planned),
+        tuple(segments),
+        source,
+        tuple(b_src),
+        tuple(p_src),
+    )

