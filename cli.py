@@ -432,8 +432,31 @@ def _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision,
     else:
         _, a = _model_and_analysis(model, pretrained, checkpoint)
         p = make_plan(a)
-    prof = load_profile(profile) if profile is not None else None
+    prof = load_profile(profile) if profile is not None else _find_profile(gpu, a, batch_size, precision.value)
     return evaluate(a, p, gpu, batch_size, precision.value, profile=prof)
+
+
+def _find_profile(gpu: str, a, batch_size: int, precision: str):
+    """A profile under profiles/<device>/ matching the model, batch and precision, if there is one."""
+    import roofline as rl
+    from dsa.profile import find_profile
+
+    try:
+        device = rl.load_device(gpu).name
+    except rl.RooflineError:
+        if not (Path("profiles") / gpu).is_dir():
+            raise
+        device = gpu  # a measured device (e.g. local-cpu) known only through its profiles
+    found = find_profile("profiles", device, a.fingerprint, batch_size, precision)
+    if found is None:
+        if device == gpu and not Path(gpu).exists() and gpu not in {d.name for d in rl.list_devices()}:
+            raise rl.RooflineError(
+                f"no profile under profiles/{gpu}/ matches {a.model_name} at batch {batch_size}, "
+                f"{precision}; run `dsa profile` or pass --profile"
+            )
+        return None
+    typer.echo(f"using the measured profile {found[1]}", err=True)
+    return found[0]
 
 
 @app.command("evaluate")

@@ -37,8 +37,10 @@ def main() -> None:
     args = p.parse_args()
     model = create_model("mobilenet_v2_140")
     a = analyze(model, "mobilenet_v2_140")
-    print(f"| plan | convs | predicted img/s | latency ms | speed-up | conv ms | BN/act/add ms | (model {args.gpu}, "
-          f"{args.precision}, batch {args.batch_size}) |")
+    print(
+        f"| plan | convs | predicted img/s | latency ms | speed-up | conv ms | BN/act/add ms | (model {args.gpu}, "
+        f"{args.precision}, batch {args.batch_size}) |"
+    )
     print("|---|---:|---:|---:|---:|---:|---:|---|")
     evals = {}
     for letter in ["original", *DS_PATTERNS]:
@@ -49,17 +51,25 @@ def main() -> None:
         cls = by_class(ops, net.op_times)
         conv = sum(v for k, v in cls.items() if k.endswith("conv"))
         n_convs = sum(c.spec.kind == "conv" for c in ops)
-        print(f"| {letter if letter == 'original' else 'DS-' + letter} | {n_convs} | {net.throughput_img_s:.0f} | "
-              f"{net.latency_ms:.2f} | {ev.baseline.latency_ms / net.latency_ms:.2f}x | {conv:.2f} | "
-              f"{cls.get('elementwise', 0):.2f} | |")
+        print(
+            f"| {letter if letter == 'original' else 'DS-' + letter} | {n_convs} | {net.throughput_img_s:.0f} | "
+            f"{net.latency_ms:.2f} | {ev.baseline.latency_ms / net.latency_ms:.2f}x | {conv:.2f} | "
+            f"{cls.get('elementwise', 0):.2f} | |"
+        )
     f = evals["F"]
-    print("\nop classes, original ->", {k: round(v, 2) for k, v in by_class(f.baseline_ops, f.baseline.op_times).items()})
+    print(
+        "\nop classes, original ->", {k: round(v, 2) for k, v in by_class(f.baseline_ops, f.baseline.op_times).items()}
+    )
     print("op classes, DS-F     ->", {k: round(v, 2) for k, v in by_class(f.planned_ops, f.planned.op_times).items()})
     top = sorted(zip(f.planned_ops, f.planned.op_times, strict=True), key=lambda ct: -ct[1].total_ms)[:5]
-    print("DS-F slowest ops:", [(c.spec.name, c.spec.kernel, c.spec.c_in, c.spec.c_out, round(t.total_ms, 2), t.bound)
-                               for c, t in top])
+    print(
+        "DS-F slowest ops:",
+        [(c.spec.name, c.spec.kernel, c.spec.c_in, c.spec.c_out, round(t.total_ms, 2), t.bound) for c, t in top],
+    )
     top = sorted(zip(f.baseline_ops, f.baseline.op_times, strict=True), key=lambda ct: -ct[1].total_ms)[:5]
-    print("original slowest ops:", [(c.spec.name, c.spec.op_class.value, round(t.total_ms, 2), t.bound) for c, t in top])
+    print(
+        "original slowest ops:", [(c.spec.name, c.spec.op_class.value, round(t.total_ms, 2), t.bound) for c, t in top]
+    )
 
     with tempfile.TemporaryDirectory() as tmp:
         plan = Path(tmp) / "f.json"
@@ -67,8 +77,11 @@ def main() -> None:
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            subprocess.run([sys.executable, "-m", "cli", "evaluate", "--plan", str(plan), "--gpu", args.gpu,
-                            "--format", "json"], check=True, capture_output=True)
+            subprocess.run(
+                [sys.executable, "-m", "cli", "evaluate", "--plan", str(plan), "--gpu", args.gpu, "--format", "json"],
+                check=True,
+                capture_output=True,
+            )
             times.append(time.perf_counter() - t0)
         t0 = time.perf_counter()
         for _ in range(20):

@@ -36,7 +36,7 @@ from dsa.costs import dtype_bytes, op_spec, segment_conv_spec
 from dsa.errors import ArtifactError, DsaError
 from dsa.graph import Analysis, Segment
 from dsa.io import atomic_write_json, read_json
-from dsa.plan import Plan, plan_from_act_list, remove_all_plan
+from dsa.plan import Plan, make_plan, plan_from_act_list, remove_all_plan
 
 SCHEMA_VERSION = 1
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -216,14 +216,15 @@ def find_profile(
 ) -> tuple[Profile, Path] | None:
     """A profile under ``directory/<device>/`` matching the model, batch and precision (and layout)."""
     folder = Path(directory) / device
+    found = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             p = load_profile(path)
         except ArtifactError:
             continue
         if p.matches(fingerprint, batch_size, precision) and (layout is None or p.layout == layout):
-            return p, path
-    return None
+            found.append((p.layout != "nchw", not p.complete, path.name, p, path))  # prefer NCHW, complete
+    return min(found)[3:] if found else None
 
 
 # ------------------------------------------------------------------------------------------ measuring
@@ -327,8 +328,13 @@ def _per_op_times(a: Analysis, x: torch.Tensor, device: torch.device, warmup: in
 
 def candidate_segments(a: Analysis) -> list[tuple[Segment, bool]]:
     """Merged segments the planner may choose, with whether an activation follows them: each block merged
-    alone (DepthShrinker granularity, ReLU6 after it), and the segments of removing everything removable."""
+    alone (DepthShrinker granularity, ReLU6 after it), the segments of removing any single activation, and
+    those of removing everything removable."""
     out: dict[str, tuple[Segment, bool]] = {}
+    for name in a.removable:
+        for seg in make_plan(a, [name]).induced_segments(a):
+            if seg.merged:
+                out.setdefault(signature_of(seg), (seg, True))
     blocks = a.blocks()
     for i in range(1, len(blocks) - 1):
         keep = [1] * len(blocks)

@@ -1,0 +1,585 @@
+"""The planner's decision structure: for every linear run of a network, a DAG whose paths are its valid plans.
+
+Remove every removable activation: the linear elements (linear ops, and residual units; see
+:mod:`dsa.graph`) chain into maximal **runs**. Inside a run, the elements other than activations are
+``u_0 .. u_{m-1}``; the **junctions** ``J_0 .. J_m`` lie between them (``J_0`` before the first, ``J_m`` after
+the last) and hold the activation sites that sit there (usually none or one). A plan of the run is a path
+from ``J_0`` to ``J_m``:
+
+- a **segment edge** ``J_i -> J_j`` is the piece ``u_i .. u_{j-1}`` merged into one conv (every activation at
+  ``J_{i+1} .. J_{j-1}`` removed). It exists only when the piece is one valid segment under the merge rules
+  (stride rule, a residual unit only first, ``max_kernel`` on merged kernels); a piece without a conv (a BN
+  after a concat) is an edge too, its ops run as they are;
+- a junction with activations is two nodes joined by a **keep** edge (the activations stay: a natural cut)
+  and a **cut** edge (they are removed, but the run is cut there: a plan boundary);
+- a junction without activations is one node; visiting it is a free **boundary** (not merging across it),
+  so the fastest segmentation of a purely linear run is a choice too (merging is not always faster);
+- a residual unit whose branch holds removable activations has an alternative: an **enter** edge into its
+  branch (its own junctions and edges, in two layers so that at least one activation of the branch is kept:
+  with none kept the block would be a unit again), then an **add** edge (the residual add, run as it is)
+  to the junction after the unit.
+
+Every op of a run is paid for by exactly one edge of any path; everything outside the runs (kept-for-good
+activations, pooling, the classifier, adds with projection shortcuts, ...) is a fixed time. So the planned
+latency of a plan is ``fixed_ms + sum of its edges' time_ms``, exactly what :func:`dsa.costs.evaluate` predicts
+for the plan (checked in tests).
+
+``granularity="block"`` (DepthShrinker's per-block decisions) uses the same DAG with: no edge across the
+output of a middle block (each kept block is cut after its output, each removed one gets a ReLU6 there), and
+each edge into that junction duplicated with the added ReLU6 (``added_after``); :mod:`dsa.planner` ties the
+activations of a block together.
+
+Times come from a :class:`CostModel`: :class:`RooflineCosts` (the roofline of :mod:`dsa.costs`) or
+:class:`ProfileCosts` (measured times of a :class:`dsa.profile.Profile` where it has them).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Protocol
+
+import roofline as rl
+from dsa.costs import dtype_bytes, op_spec, segment_conv_spec
+from dsa.errors import PlanError
+from dsa.graph import LINEAR_KINDS, Analysis, Kind, Op, Segment, _cut, _make_segment, _residual_units, _Unit
+
+SEGMENT, KEEP, CUT, ENTER, ADD = "segment", "keep", "cut", "enter", "add"
+GRANULARITIES = ("activation", "block")
+
+# ------------------------------------------------------------------------------------------------ costs
+
+
+class CostModel(Protocol):
+    """Milliseconds for the pieces of a planned network (at a fixed device, batch and precision)."""
+
+    def op_ms(self, op: Op) -> float:
+        """An op of the original network run as it is (0 for ops that launch no kernel)."""
+
+    def segment_ms(self, seg: Segment) -> float:
+        """The conv a segment merges into."""
+
+    def added_act_ms(self, after: Op, seg: Segment | None) -> float:
+        """An activation added after ``after`` (``seg``: the segment that ends there, if any)."""
+
+
+class RooflineCosts:
+    """Times from the roofline model (:func:`roofline.predict_op`), as :func:`dsa.costs.evaluate` computes them.
+
+    ``segment_ms_override`` / ``op_ms_override`` (optional callables returning milliseconds or None) replace the
+    roofline time of a merged segment / an original op where they return a number, e.g. measured times.
+    """
+
+    def __init__(
+        self,
+        analysis: Analysis,
+        device: str | rl.DeviceSpec,
+        batch: int = 128,
+        precision: str = "fp32",
+        calibration: rl.Calibration | None = None,
+    ) -> None:
+        self.analysis = analysis
+        self.device = device if isinstance(device, rl.DeviceSpec) else rl.load_device(device)
+        self.batch = batch
+        self.precision = precision
+        self.nbytes = dtype_bytes(precision)
+        cal = self.device.calibration
+        if calibration is None and cal is not None and cal.precision == precision:
+            calibration = cal
+        self.calibration = calibration
+        self._op_cache: dict[str, float] = {}
+
+    @property
+    def source(self) -> str:
+        return f"roofline ({'calibrated' if self.calibration else 'datasheet, uncalibrated'})"
+
+    def spec_ms(self, spec: rl.OpSpec) -> float:
+        return rl.predict_op(spec, self.device, self.precision, self.calibration).total_ms
+
+    def op_ms(self, op: Op) -> float:
+        if op.id not in self._op_cache:
+            spec = op_spec(self.analysis, op, self.batch, self.nbytes)
+            self._op_cache[op.id] = 0.0 if spec is None else self.spec_ms(spec)
+        return self._op_cache[op.id]
+
+    def segment_ms(self, seg: Segment) -> float:
+        return self.spec_ms(segment_conv_spec(seg, self.batch, self.nbytes))
+
+    def added_act_ms(self, after: Op, seg: Segment | None) -> float:
+        numel = self.batch * _prod(after.shape[1:]) if after.shape else 0
+        name = f"{after.block}.ds_act" if after.block else "ds_act"
+        return self.spec_ms(rl.elementwise_op(name, "act", numel, dtype_bytes=self.nbytes, batch=self.batch))
+
+
+class ProfileCosts(RooflineCosts):
+    """Measured times of a :class:`dsa.profile.Profile` where it has them, else its (calibrated) roofline —
+    the same rules as ``dsa evaluate --profile``: an op by name, a merged segment by its shape signature, a
+    one-conv segment by its conv, an added activation by the measured activation after the segment it follows."""
+
+    def __init__(self, analysis: Analysis, profile, batch: int | None = None, precision: str | None = None) -> None:
+        batch = profile.batch_size if batch is None else batch
+        precision = profile.precision if precision is None else precision
+        if not profile.matches(analysis.fingerprint, batch, precision):
+            raise PlanError(
+                f"the profile is of {profile.model} at batch {profile.batch_size}, {profile.precision} "
+                f"(fingerprint {profile.fingerprint}); the plan is for {analysis.model_name} at batch {batch}, "
+                f"{precision} (fingerprint {analysis.fingerprint}): profile it with those settings, or drop --profile"
+            )
+        super().__init__(analysis, profile.device(), batch, precision)
+        self.profile = profile
+
+    @property
+    def source(self) -> str:
+        return f"profile of {self.profile.device_name} ({self.profile.layout}) + {super().source}"
+
+    def op_ms(self, op: Op) -> float:
+        stat = self.profile.ops.get(op.name)
+        return stat.median_ms if stat is not None and op.kind not in (Kind.INPUT, Kind.OUTPUT) else super().op_ms(op)
+
+    def _segment_entry(self, seg: Segment):
+        from dsa.profile import signature_of
+
+        return self.profile.segments.get(signature_of(seg)) if seg.merged else None
+
+    def segment_ms(self, seg: Segment) -> float:
+        entry = self._segment_entry(seg)
+        if entry is not None:
+            return entry["conv"].median_ms
+        if not seg.merged and seg.convs[0] in self.profile.ops:
+            return self.profile.ops[seg.convs[0]].median_ms
+        return super().segment_ms(seg)
+
+    def added_act_ms(self, after: Op, seg: Segment | None) -> float:
+        entry = self._segment_entry(seg) if seg is not None else None
+        if entry is not None and entry.get("act") is not None:
+            return entry["act"].median_ms
+        return super().added_act_ms(after, seg)
+
+
+def _prod(xs: Sequence[int]) -> int:
+    p = 1
+    for x in xs:
+        p *= x
+    return p
+
+
+# ------------------------------------------------------------------------------------------ structure
+
+
+@dataclass(frozen=True)
+class Node:
+    index: int
+    run: int
+    label: str  # "<run>:<junction>[.in|.out][/<layer>]", for messages
+    boundary: str = ""  # op to cut after when a path visits this (activation-free) junction
+
+
+@dataclass(frozen=True)
+class Edge:
+    index: int
+    run: int
+    src: int
+    dst: int
+    kind: str  # SEGMENT, KEEP, CUT, ENTER or ADD
+    time_ms: float  # planned time of the ops this edge accounts for
+    baseline_ms: float  # the same ops in the original network
+    removes: tuple[str, ...] = ()  # activation names this edge removes
+    keeps: tuple[str, ...] = ()  # activation names this edge keeps
+    ops: tuple[str, ...] = ()  # op ids this edge accounts for
+    segment: Segment | None = None
+    boundary: str = ""  # CUT edges: op to cut after
+    added_after: str = ""  # block granularity: name of the op after which this edge adds a ReLU6
+    cut_block: str = ""  # block granularity: the block whose output junction this edge ends at
+
+
+@dataclass
+class Candidates:
+    """Every run's DAG; see the module docstring."""
+
+    analysis: Analysis
+    granularity: str
+    max_kernel: int | None
+    nodes: list[Node]
+    edges: list[Edge]
+    starts: list[int]  # per run
+    ends: list[int]
+    fixed_ms: float  # ops outside every run
+    fixed_ops: tuple[str, ...]
+    baseline_ms: float  # the original network
+    source: str  # where the times come from
+    # block granularity
+    block_acts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # block -> its removable activations
+    block_fixed: dict[str, tuple[str, float]] = field(default_factory=dict)  # block -> (op, ms) of an added act
+    block_locked: dict[str, str] = field(default_factory=dict)  # block -> why it cannot be removed
+
+    @property
+    def n_runs(self) -> int:
+        return len(self.starts)
+
+    def out_edges(self) -> dict[int, list[Edge]]:
+        out: dict[int, list[Edge]] = {n.index: [] for n in self.nodes}
+        for e in self.edges:
+            out[e.src].append(e)
+        return out
+
+    def path_plan_parts(self, chosen: Sequence[Edge]) -> tuple[list[str], list[tuple[str, str]], list[str]]:
+        """(removed activations, added activations (after, op), boundaries) of a set of chosen edges that
+        forms one path per run."""
+        by_src: dict[int, Edge] = {}
+        for e in chosen:
+            if e.src in by_src:
+                raise PlanError(f"chosen edges branch at node {self.nodes[e.src].label}")
+            by_src[e.src] = e
+        removed: list[str] = []
+        added: list[tuple[str, str]] = []
+        boundaries: list[str] = []
+        for r in range(self.n_runs):
+            path: list[Edge] = []
+            v = self.starts[r]
+            while v != self.ends[r]:
+                if v not in by_src:
+                    raise PlanError(f"chosen edges do not reach the end of run {r} (stuck at {self.nodes[v].label})")
+                path.append(by_src[v])
+                v = by_src[v].dst
+            for t, e in enumerate(path):
+                prev = path[t - 1] if t > 0 else None
+                nxt = path[t + 1] if t + 1 < len(path) else None
+                removed += e.removes
+                if e.added_after:
+                    added.append((e.added_after, "ReLU6"))
+                if e.kind == CUT and e.boundary and prev is not None and not _natural_cut(prev, nxt or e):
+                    boundaries.append(e.boundary)
+                node = self.nodes[e.dst]
+                if node.boundary and nxt is not None and not _natural_cut(e, nxt):
+                    boundaries.append(node.boundary)
+        return removed, added, list(dict.fromkeys(boundaries))
+
+
+def _natural_cut(before: Edge | None, after: Edge | None) -> bool:
+    """Whether the run is cut between these edges anyway (no boundary needed)."""
+    if before is None or after is None:
+        return True
+    return before.kind == ADD or bool(before.added_after) or after.kind == ENTER
+
+
+@dataclass
+class _Chain:
+    """The junction structure of a chain of elements (a run, or a residual branch)."""
+
+    elements: list[str]
+    u: list[str]  # non-activation elements
+    u_pos: list[int]  # index of each in ``elements``
+    acts: list[list[str]]  # junction i -> activation ids there
+
+
+def _chain(ops: dict[str, Op], elements: list[str]) -> _Chain:
+    u, pos, acts = [], [], [[]]
+    for k, e in enumerate(elements):
+        if ops[e].kind == Kind.ACT:
+            acts[-1].append(e)
+        else:
+            u.append(e)
+            pos.append(k)
+            acts.append([])
+    return _Chain(elements, u, pos, acts)
+
+
+class _Builder:
+    def __init__(
+        self,
+        a: Analysis,
+        costs: CostModel,
+        granularity: str,
+        max_kernel: int | None,
+    ) -> None:
+        self.a = a
+        self.ops = a.ops
+        self.costs = costs
+        self.granularity = granularity
+        self.max_kernel = max_kernel
+        self.nodes: list[Node] = []
+        self.edges: list[Edge] = []
+        self.run = 0
+        self.junction_in: dict[tuple[int, int], int] = {}  # (run, junction of the run itself) -> its in node
+        self.span: dict[int, tuple[int, int]] = {}  # segment edge of a run itself -> (first, last junction)
+
+    # --- primitives
+    def node(self, label: str, boundary: str = "") -> int:
+        self.nodes.append(Node(len(self.nodes), self.run, f"{self.run}:{label}", boundary))
+        return len(self.nodes) - 1
+
+    def edge(self, src: int, dst: int, kind: str, time_ms: float, baseline_ms: float, **kw) -> None:
+        self.edges.append(Edge(len(self.edges), self.run, src, dst, kind, time_ms, baseline_ms, **kw))
+
+    def name(self, elem: str, units: Mapping[str, _Unit]) -> str:
+        return self.ops[elem].name  # a unit is keyed by its add op
+
+    def unit_ops(self, elem: str, units: Mapping[str, _Unit]) -> list[str]:
+        if elem in units:
+            u = units[elem]
+            return [*u.branch, *u.skip, u.add]
+        return [elem]
+
+    # --- one chain: junction nodes (per layer), keep/cut edges and segment edges
+    def chain(
+        self, ch: _Chain, units: Mapping[str, _Unit], layers: tuple[int, ...], tag: str
+    ) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], int]]:
+        m = len(ch.u)
+        node_in: dict[tuple[int, int], int] = {}
+        node_out: dict[tuple[int, int], int] = {}
+        for i in range(m + 1):
+            boundary = self.name(ch.u[i - 1], units) if 0 < i < m or (i == m and ch.acts[i] and m > 0) else ""
+            for layer in layers:
+                sfx = f"/{layer}" if len(layers) > 1 else ""
+                if ch.acts[i]:
+                    node_in[i, layer] = self.node(f"{tag}J{i}.in{sfx}")
+                    node_out[i, layer] = self.node(f"{tag}J{i}.out{sfx}")
+                else:
+                    node_in[i, layer] = node_out[i, layer] = self.node(f"{tag}J{i}{sfx}", boundary if 0 < i < m else "")
+            if ch.acts[i]:
+                act_ms = sum(self.costs.op_ms(self.ops[x]) for x in ch.acts[i])
+                names = tuple(self.ops[x].name for x in ch.acts[i])
+                for layer in layers:
+                    kept_layer = layers[-1]
+                    self.edge(
+                        node_in[i, layer], node_out[i, kept_layer], KEEP, act_ms, act_ms, keeps=names,
+                        ops=tuple(ch.acts[i]),
+                    )  # fmt: skip
+                    self.edge(
+                        node_in[i, layer], node_out[i, layer], CUT, 0.0, act_ms, removes=names,
+                        ops=tuple(ch.acts[i]), boundary=boundary if i > 0 else "",
+                    )  # fmt: skip
+        for i in range(m):
+            for j in range(i + 1, m + 1):
+                piece = ch.elements[ch.u_pos[i] : ch.u_pos[j - 1] + 1]
+                made = self.piece(piece, units)
+                if made is None:
+                    break  # longer pieces are invalid too (stride/unit rules and kernels only grow)
+                seg, time_ms, baseline_ms, op_ids, removes = made
+                for layer in layers:
+                    if not tag:
+                        self.span[len(self.edges)] = (i, j)
+                    self.edge(
+                        node_out[i, layer], node_in[j, layer], SEGMENT, time_ms, baseline_ms, removes=removes,
+                        ops=op_ids, segment=seg,
+                    )  # fmt: skip
+        if not tag:
+            for i in range(m + 1):
+                self.junction_in[self.run, i] = node_in[i, 0]
+        return node_in, node_out
+
+    def piece(self, piece: list[str], units: Mapping[str, _Unit]):
+        """(segment or None, time, baseline time, op ids, removed activation names), or None if invalid."""
+        pieces = _cut(self.ops, dict(units), piece, set(), 1)
+        if len(pieces) > 1:
+            return None
+        seg = None
+        if pieces:
+            p = pieces[0]
+            if any(x in units for x in p[1:]):
+                return None  # a residual unit only first in a segment
+            seg = _make_segment(self.a, dict(units), p)
+            if self.max_kernel is not None and max(seg.kernel) > self.max_kernel:
+                lone_linear_unit = len(p) == 1 and p[0] in units and not self._unit_acts(units[p[0]])
+                if seg.merged and not lone_linear_unit:
+                    return None
+        op_ids = [o for e in piece for o in self.unit_ops(e, units)]
+        covered = set(seg.member_ids) if seg is not None else set()
+        time_ms = self.costs.segment_ms(seg) if seg is not None else 0.0
+        baseline_ms = 0.0
+        for o in op_ids:
+            op = self.ops[o]
+            t = self.costs.op_ms(op)
+            baseline_ms += t
+            if o not in covered and op.kind != Kind.ACT:
+                time_ms += t
+        removes = tuple(self.ops[o].name for o in op_ids if self.ops[o].kind == Kind.ACT)
+        return seg, time_ms, baseline_ms, tuple(op_ids), removes
+
+    def _unit_acts(self, unit: _Unit) -> list[str]:
+        return [b for b in unit.branch if self.ops[b].kind == Kind.ACT]
+
+    # --- a run, with the dissolved alternative of each residual unit that has activations
+    def main_run(self, elements: list[str], units: Mapping[str, _Unit]) -> tuple[int, int]:
+        ch = _chain(self.ops, elements)
+        node_in, node_out = self.chain(ch, units, (0,), "")
+        for k, e in enumerate(ch.u):
+            if e not in units or not self._unit_acts(units[e]):
+                continue
+            unit = units[e]
+            bch = _chain(self.ops, list(unit.branch))
+            b_in, b_out = self.chain(bch, {}, (0, 1), f"{self.ops[e].name}|")
+            self.edge(node_out[k, 0], b_in[0, 0], ENTER, 0.0, 0.0)
+            add_ids = (unit.add, *unit.skip)
+            add_ms = sum(self.costs.op_ms(self.ops[o]) for o in add_ids)
+            self.edge(b_out[len(bch.u), 1], node_in[k + 1, 0], ADD, add_ms, add_ms, ops=add_ids)
+        return node_in[0, 0], node_out[len(ch.u), 0]
+
+
+def _runs(a: Analysis) -> tuple[list[list[str]], dict[str, _Unit]]:
+    """The maximal runs (every removable activation removed) and their residual units (by add id)."""
+    ops = a.ops
+    users = a.users()
+    removable = {a.by_name[n].id for n in a.removable}
+    linear = {i for i, op in ops.items() if op.kind in LINEAR_KINDS} | removable
+    units = _residual_units(ops, users, linear)
+    in_unit = {i: u.add for u in units.values() for i in [*u.branch, *u.skip]}
+    elements: list[str] = []
+    elem_input: dict[str, str] = {}
+    for i, op in ops.items():
+        if i in units:
+            elements.append(i)
+            elem_input[i] = units[i].input_id
+        elif i in linear and i not in in_unit and op.inputs:
+            elements.append(i)
+            elem_input[i] = op.inputs[0]
+    elem_set = set(elements)
+    succ: dict[str, str] = {}
+    has_pred: set[str] = set()
+    for e in elements:
+        t = elem_input[e]
+        if t in elem_set and {in_unit.get(x, x) for x in users[t]} == {e}:
+            succ[t] = e
+            has_pred.add(e)
+    runs = []
+    for e in elements:
+        if e in has_pred:
+            continue
+        run = [e]
+        while run[-1] in succ:
+            run.append(succ[run[-1]])
+        runs.append(run)
+    return runs, units
+
+
+def build_candidates(
+    analysis: Analysis,
+    costs: CostModel,
+    granularity: str = "activation",
+    max_kernel: int | None = None,
+) -> Candidates:
+    """The DAG of every run of ``analysis`` with edge times from ``costs`` (see the module docstring)."""
+    if granularity not in GRANULARITIES:
+        raise PlanError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
+    if max_kernel is not None and (isinstance(max_kernel, bool) or not isinstance(max_kernel, int) or max_kernel < 1):
+        raise PlanError(f"--max-kernel must be a positive integer, got {max_kernel!r}")
+    a = analysis
+    runs, units = _runs(a)
+    b = _Builder(a, costs, granularity, max_kernel)
+    starts, ends = [], []
+    in_dag: set[str] = set()
+    for r, run in enumerate(runs):
+        b.run = r
+        s, t = b.main_run(run, units)
+        starts.append(s)
+        ends.append(t)
+        for e in run:
+            in_dag.update(b.unit_ops(e, units))
+    fixed_ops = tuple(i for i in a.ops if i not in in_dag)
+    fixed_ms = sum(costs.op_ms(a.ops[i]) for i in fixed_ops)
+    baseline_ms = sum(costs.op_ms(op) for op in a.ops.values())
+    source = getattr(costs, "source", type(costs).__name__)
+    cands = Candidates(
+        a, granularity, max_kernel, b.nodes, b.edges, starts, ends, fixed_ms, fixed_ops, baseline_ms, source
+    )
+    if granularity == "block":
+        _block_structure(cands, b, runs, units)
+    _prune(cands)
+    return cands
+
+
+def _block_structure(c: Candidates, b: _Builder, runs: list[list[str]], units: Mapping[str, _Unit]) -> None:
+    """DepthShrinker's per-block decisions, as plan_from_act_list makes them: no merge across a middle block's
+    output, and a ReLU6 after it when the block is removed (edges into that junction come in two copies)."""
+    a = c.analysis
+    blocks = a.blocks()
+    junction_after: dict[str, tuple[int, int]] = {}  # element of a run -> (run, junction after it)
+    for r, run in enumerate(runs):
+        for i, e in enumerate(_chain(a.ops, run).u):
+            junction_after[e] = (r, i + 1)
+    edges = list(c.edges)
+    for i, block in enumerate(blocks):
+        sites = [s for s in a.activations if s.block == block]
+        c.block_acts[block] = tuple(s.name for s in sites if s.removable)
+        bad = [s for s in sites if not s.removable]
+        if bad:
+            c.block_locked[block] = f"{bad[0].name} cannot be removed: {bad[0].reason}"
+        if not 0 < i < len(blocks) - 1:
+            continue  # stem and head: no boundary and no added activation
+        out = a.block_output(block)
+        if out.kind == Kind.ACT:
+            c.block_locked.setdefault(block, f"block {block} ends in an activation; nothing to add after it")
+            continue
+        if out.id not in junction_after:  # not in a run: the added activation is a fixed op, nothing to cut
+            c.block_fixed[block] = (out.name, b.costs.added_act_ms(out, None))
+            continue
+        run, junction = junction_after[out.id]
+        in_node = b.junction_in[run, junction]
+        spans = [(e, b.span.get(e.index)) for e in edges]
+        edges = [e for e, sp in spans if not (e.run == run and sp is not None and sp[0] < junction < sp[1])]
+        out_edges = []
+        for e in edges:
+            if e.dst == in_node:
+                out_edges.append(replace(e, cut_block=block))
+                added_ms = b.costs.added_act_ms(out, e.segment)
+                out_edges.append(replace(e, cut_block=block, added_after=out.name, time_ms=e.time_ms + added_ms))
+            else:
+                out_edges.append(e)
+        edges = out_edges
+    c.edges = [replace(e, index=k) for k, e in enumerate(edges)]
+
+
+def _prune(c: Candidates) -> None:
+    """Drop nodes and edges on no start-to-end path (dead ends of the two-layer branches), renumbering."""
+    fwd: dict[int, list[Edge]] = {n.index: [] for n in c.nodes}
+    bwd: dict[int, list[Edge]] = {n.index: [] for n in c.nodes}
+    for e in c.edges:
+        fwd[e.src].append(e)
+        bwd[e.dst].append(e)
+
+    def reach(seeds: list[int], adj: dict[int, list[Edge]], forward: bool) -> set[int]:
+        seen = set(seeds)
+        stack = list(seeds)
+        while stack:
+            v = stack.pop()
+            for e in adj[v]:
+                w = e.dst if forward else e.src
+                if w not in seen:
+                    seen.add(w)
+                    stack.append(w)
+        return seen
+
+    alive = reach(c.starts, fwd, True) & reach(c.ends, bwd, False)
+    remap: dict[int, int] = {}
+    nodes = []
+    for n in c.nodes:
+        if n.index in alive:
+            remap[n.index] = len(nodes)
+            nodes.append(Node(len(nodes), n.run, n.label, n.boundary))
+    edges = []
+    for e in c.edges:
+        if e.src in alive and e.dst in alive:
+            edges.append(replace(e, index=len(edges), src=remap[e.src], dst=remap[e.dst]))
+    c.nodes, c.edges = nodes, edges
+    c.starts = [remap[s] for s in c.starts]
+    c.ends = [remap[t] for t in c.ends]
+
+
+def plan_ms(analysis: Analysis, plan, costs: CostModel) -> float:
+    """Predicted latency of any plan under ``costs`` (the op-by-op rules of :func:`dsa.costs.planned_ops`)."""
+    a = analysis
+    segs = plan.induced_segments(a)
+    covered = {mid: s for s in segs for mid in s.member_ids}
+    first_of = {s.member_ids[0]: s for s in segs}
+    removed = {a.by_name[n].id for n in plan.removed}
+    added = {a.by_name[x.after].id for x in plan.added}
+    total = []
+    for op in a.ops.values():
+        if op.id in first_of:
+            total.append(costs.segment_ms(first_of[op.id]))
+        elif op.id not in covered and op.id not in removed:
+            total.append(costs.op_ms(op))
+        if op.id in added:
+            total.append(costs.added_act_ms(op, covered.get(op.id)))
+    return math.fsum(total)

@@ -1,0 +1,210 @@
+"""The predicted speed-up vs accuracy-cost frontier of a network, and its plot (``dsa pareto``).
+
+For each granularity, the fastest plan at ``points`` accuracy-cost budgets (:func:`dsa.planner.pareto_points`);
+for MobileNetV2-shaped networks (19 keep-list entries) DepthShrinker's patterns A-F are placed on the same axes
+with the same cost model and accuracy proxy.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from dsa.candidates import plan_ms
+from dsa.errors import DsaError
+from dsa.io import atomic_write_bytes
+from dsa.plan import DS_PATTERNS, ds_pattern_act_list, plan_from_act_list
+from dsa.planner import FrontierPoint, Planner, pareto_points
+
+
+@dataclass(frozen=True)
+class PatternPoint:
+    name: str
+    accuracy_cost: float
+    removed: int
+    latency_ms: float
+    speedup: float
+    throughput_img_s: float
+
+    def to_json(self) -> dict:
+        return {
+            "pattern": self.name,
+            "accuracy_cost": self.accuracy_cost,
+            "removed": self.removed,
+            "latency_ms": self.latency_ms,
+            "speedup": self.speedup,
+            "throughput_img_s": self.throughput_img_s,
+        }
+
+
+@dataclass(frozen=True)
+class Frontier:
+    model: str
+    device: str
+    precision: str
+    batch: int
+    source: str
+    accuracy_proxy: str
+    baseline_ms: float
+    curves: dict[str, list[FrontierPoint]]  # by granularity
+    patterns: list[PatternPoint]
+
+    def to_json(self) -> dict:
+        return {
+            "model": self.model,
+            "device": self.device,
+            "precision": self.precision,
+            "batch_size": self.batch,
+            "source": self.source,
+            "accuracy_proxy": self.accuracy_proxy,
+            "baseline_latency_ms": self.baseline_ms,
+            "baseline_throughput_img_s": self.batch / (self.baseline_ms / 1e3),
+            "frontiers": {g: [p.to_json() for p in pts] for g, pts in self.curves.items()},
+            "ds_patterns": [p.to_json() for p in self.patterns],
+        }
+
+
+def ds_pattern_points(planner: Planner) -> list[PatternPoint]:
+    """DepthShrinker's patterns A-F under the planner's cost model and accuracy proxy (empty when the network
+    does not have MobileNetV2's 19 keep-list entries)."""
+    a = planner.analysis
+    if len(a.blocks()) != len(ds_pattern_act_list("A")):
+        return []
+    out = []
+    for letter in DS_PATTERNS:
+        try:
+            plan = plan_from_act_list(a, ds_pattern_act_list(letter))
+        except DsaError:
+            return []
+        ms = plan_ms(a, plan, planner.costs)
+        cost = math.fsum(planner.act_cost.get(n, 0.0) for n in plan.removed)
+        out.append(
+            PatternPoint(letter, cost, len(plan.removed), ms, planner.baseline_ms / ms, planner.batch / ms * 1e3)
+        )
+    return out
+
+
+def frontier(planners: Sequence[Planner], points: int = 20) -> Frontier:
+    """Frontiers of each planner (one per granularity, same network and costs) and the DS patterns."""
+    first = planners[0]
+    return Frontier(
+        model=first.analysis.model_name,
+        device=first.device,
+        precision=first.precision,
+        batch=first.batch,
+        source=getattr(first.costs, "source", ""),
+        accuracy_proxy="importance scores" if first.importance else "removed activations (each costs 1)",
+        baseline_ms=first.baseline_ms,
+        curves={p.granularity: pareto_points(p, points) for p in planners},
+        patterns=ds_pattern_points(first),
+    )
+
+
+_COLORS = {"activation": "#1f77b4", "block": "#2ca02c"}
+_LABELS = {
+    "activation": "planner, per activation",
+    "block": "planner, per block (DepthShrinker granularity, ReLU6 added)",
+}
+
+
+def _label_patterns(fig, ax, patterns: Sequence[PatternPoint], obstacles: list) -> None:
+    """Label each pattern where its text overlaps no other label, the legend or the axes' edge."""
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    axes_box = ax.get_window_extent(renderer)
+    placed = [o.get_window_extent(renderer) for o in obstacles]
+    offsets = [(14, -30), (14, -58), (-14, -30), (-14, -58), (14, 22), (-14, 22), (14, -86), (-14, -86)]
+    for p in sorted(patterns, key=lambda p: p.accuracy_cost):
+        for k, (dx, dy) in enumerate(offsets):
+            text = ax.annotate(
+                f"{p.name}: {p.removed} removed, {p.speedup:.2f}x",
+                (p.accuracy_cost, p.speedup),
+                xytext=(dx, dy),
+                textcoords="offset points",
+                ha="left" if dx >= 0 else "right",
+                va="top" if dy < 0 else "bottom",
+                fontsize=12,
+                color="#7f0000",
+                arrowprops={"arrowstyle": "-", "color": "#7f0000", "lw": 0.8},
+                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
+                zorder=6,
+            )
+            box = text.get_window_extent(renderer)
+            inside = axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1
+            if (inside and not any(box.overlaps(o) for o in placed)) or k == len(offsets) - 1:
+                placed.append(box)
+                break
+            text.remove()
+
+
+def plot_frontier(f: Frontier, out_path: str | os.PathLike[str]) -> Path:
+    """Speed-up vs accuracy cost, one step curve per granularity, DS patterns as labelled stars; PNG 1600x1000
+    (or SVG), written atomically like :mod:`roofline.plot`."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    from roofline.plot import DPI, FIGSIZE_IN
+
+    path = Path(out_path)
+    fmt = path.suffix.lower().lstrip(".")
+    if fmt not in ("png", "svg"):
+        raise DsaError(f"cannot write {path}: use a .png or .svg file name")
+    if not path.parent.is_dir():
+        raise DsaError(f"cannot write {path}: folder {path.parent} does not exist; create it first")
+    fig = Figure(figsize=FIGSIZE_IN, dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    top = 1.0
+    for g, pts in f.curves.items():
+        xs = [p.accuracy_cost for p in pts]
+        ys = [p.speedup for p in pts]
+        top = max(top, *ys)
+        color = _COLORS.get(g, "#555555")
+        ax.plot(xs, ys, "o-", drawstyle="steps-post", color=color, lw=2.2, ms=7, label=_LABELS.get(g, g))
+    if f.patterns:
+        ax.plot(
+            [p.accuracy_cost for p in f.patterns],
+            [p.speedup for p in f.patterns],
+            "*",
+            color="#d62728",
+            markersize=20,
+            markeredgecolor="#7f0000",
+            label="DepthShrinker patterns A-F (block granularity, ReLU6 added)",
+            zorder=5,
+        )
+        top = max(top, *(p.speedup for p in f.patterns))
+    ax.axhline(1.0, color="#888888", linestyle="--", linewidth=1)
+    ax.annotate("original network", (0, 1.0), xytext=(4, 4), textcoords="offset points", fontsize=11, color="#555555")
+    ax.set_ylim(0, top * 1.08)
+    ax.set_xlim(left=-0.5)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    xlabel = (
+        "accuracy cost (number of removed activations)"
+        if f.accuracy_proxy.startswith("removed")
+        else "accuracy cost (sum of importance scores of removed activations)"
+    )
+    ax.set_xlabel(xlabel, fontsize=14)
+    ax.set_ylabel("predicted speed-up over the original network (x)", fontsize=14)
+    base_thr = f.batch / (f.baseline_ms / 1e3)
+    sec = ax.secondary_yaxis("right", functions=(lambda s: s * base_thr, lambda t: t / base_thr))
+    sec.set_ylabel("predicted throughput (images/s)", fontsize=14)
+    sec.tick_params(labelsize=12)
+    ax.tick_params(labelsize=12)
+    ax.grid(True, alpha=0.35)
+    ax.set_axisbelow(True)
+    ax.set_title(
+        f"{f.model} on {f.device} ({f.precision}, batch {f.batch}): fastest plan per accuracy cost\n"
+        f"times: {f.source}; original {f.baseline_ms:.2f} ms = {base_thr:.0f} images/s",
+        fontsize=16,
+    )
+    legend = ax.legend(fontsize=12, loc="lower right", framealpha=0.95)
+    _label_patterns(fig, ax, f.patterns, [legend])
+    buf = io.BytesIO()
+    fig.savefig(buf, format=fmt, dpi=DPI)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
