@@ -177,7 +177,46 @@ def analyze_cmd(
 @app.command("plan")
 @_errors
 def plan_cmd(
-    out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the plan JSON.")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Where to write the plan JSON.")] = Path("plan.json"),
+    target_throughput: Annotated[
+        float | None,
+        typer.Option("--target-throughput", help="Solve: least accuracy cost at this predicted throughput (img/s)."),
+    ] = None,
+    target_latency: Annotated[
+        float | None, typer.Option("--target-latency", help="Solve: ... at this predicted latency (ms per batch).")
+    ] = None,
+    target_speedup: Annotated[
+        float | None, typer.Option("--target-speedup", help="Solve: ... at this predicted speed-up over the original.")
+    ] = None,
+    max_accuracy_cost: Annotated[
+        float | None, typer.Option("--max-accuracy-cost", help="Solve: the fastest plan within this accuracy cost.")
+    ] = None,
+    gpu: Annotated[
+        str | None, typer.Option("--gpu", "-g", help="Device name, alias (v100, a100, ...) or device file [v100].")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 128,
+    precision: Annotated[str, typer.Option("--precision", help="fp32, tf32, fp16 or bf16.")] = "fp32",
+    granularity: Annotated[
+        str | None,
+        typer.Option(
+            "--granularity",
+            help="activation (default), or block: DepthShrinker's per-block decisions (ReLU6 after removed blocks).",
+        ),
+    ] = None,
+    max_kernel: Annotated[int | None, typer.Option("--max-kernel", min=1, help="Largest merged kernel size.")] = None,
+    keep: Annotated[
+        list[str] | None, typer.Option("--keep", help="Keep this activation (or all of a block); repeatable.")
+    ] = None,
+    remove: Annotated[
+        list[str] | None, typer.Option("--remove", help="Remove this activation (or all of a block); repeatable.")
+    ] = None,
+    importance: Annotated[
+        Path | None,
+        typer.Option("--importance", help='Accuracy costs, JSON {"scores": {activation: cost}, "default": 1}.'),
+    ] = None,
+    profile: Annotated[
+        Path | None, typer.Option("--profile", help="A measured profile (dsa profile): its device and times.")
+    ] = None,
     act_list: Annotated[
         str | None, typer.Option(help="DepthShrinker keep list: 1,0,... one per block plus stem and head.")
     ] = None,
@@ -189,30 +228,119 @@ def plan_cmd(
     input_size: InputSizeOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Write a plan from a DepthShrinker keep list (no solver)."""
+    """Write a plan: solved for a target (--target-throughput, --target-latency, --target-speedup or
+    --max-accuracy-cost), or from a DepthShrinker keep list (--act-list, --ds-pattern, --remove-all)."""
     from dsa.errors import PlanError
     from dsa.plan import ds_pattern_act_list, plan_from_act_list, remove_all_plan
 
-    chosen = [x for x in (act_list, ds_pattern) if x is not None] + ([True] if remove_all else [])
-    if len(chosen) != 1:
-        raise PlanError("give exactly one of --act-list, --ds-pattern, --remove-all")
+    sources = [n for n, v in (("--act-list", act_list), ("--ds-pattern", ds_pattern)) if v is not None]
+    sources += ["--remove-all"] if remove_all else []
+    targets = {
+        "--target-throughput": target_throughput,
+        "--target-latency": target_latency,
+        "--target-speedup": target_speedup,
+        "--max-accuracy-cost": max_accuracy_cost,
+    }
+    solver_only = {
+        **targets,
+        "--granularity": granularity,
+        "--max-kernel": max_kernel,
+        "--keep": keep or None,
+        "--remove": remove or None,
+        "--importance": importance,
+        "--profile": profile,
+    }
+    given_targets = [n for n, v in targets.items() if v is not None]
+    if len(sources) > 1:
+        raise PlanError(f"give exactly one of --act-list, --ds-pattern, --remove-all; got {' and '.join(sources)}")
+    if sources:
+        given = [n for n, v in solver_only.items() if v is not None]
+        if given:
+            raise PlanError(
+                f"{sources[0]} makes a plan without the solver; it cannot be combined with {', '.join(given)}"
+            )
+    elif not given_targets:
+        raise PlanError(
+            "give exactly one of --act-list, --ds-pattern, --remove-all, or a target for the solver "
+            "(--target-throughput, --target-latency, --target-speedup or --max-accuracy-cost)"
+        )
+    elif len(given_targets) > 1:
+        raise PlanError(f"give one target for the solver; got {' and '.join(given_targets)}")
+    if precision not in ("fp32", "tf32", "fp16", "bf16"):
+        raise PlanError(f"--precision must be fp32, tf32, fp16 or bf16, got {precision!r}")
+    if granularity is not None and granularity not in ("activation", "block"):
+        raise PlanError(f"--granularity must be activation or block, got {granularity!r}")
+    if profile is not None and gpu is not None:
+        raise PlanError("--profile brings the device it was measured on; drop --gpu")
+
+    if not sources:
+        from dsa.planner import Planner, load_importance
+
+        scores, default_cost = load_importance(importance) if importance is not None else (None, 1.0)
+        prof = None
+        if profile is not None:
+            from dsa.profile import load_profile
+
+            prof = load_profile(profile)
+        _, a = _model_and_analysis(model, pretrained, checkpoint, input_size)
+        planner = Planner(
+            a,
+            gpu or "v100",
+            batch_size,
+            precision,
+            importance=scores,
+            default_cost=default_cost,
+            keep=keep or (),
+            remove=remove or (),
+            granularity=granularity or "activation",
+            max_kernel=max_kernel,
+            profile=prof,
+        )
+        if max_accuracy_cost is not None:
+            result = planner.fastest(max_accuracy_cost)
+        else:
+            result = planner.for_target(target_latency, target_throughput, target_speedup)
+        result.plan.save(out_path)
+        if fmt == Format.json:
+            _emit_json(result.plan.to_json())
+            return
+        _print_plan_result(result, out_path)
+        return
+
     _, a = _model_and_analysis(model, pretrained, checkpoint, input_size)
     if remove_all:
         p = remove_all_plan(a)
     else:
         if ds_pattern is not None:
-            keep = ds_pattern_act_list(ds_pattern)
-            if len(a.blocks()) != len(keep):
+            keep_list = ds_pattern_act_list(ds_pattern)
+            if len(a.blocks()) != len(keep_list):
                 raise PlanError(
-                    f"--ds-pattern is DepthShrinker's MobileNetV2 keep list ({len(keep)} entries: stem, 17 blocks, "
-                    f"head); {model} has {len(a.blocks())} blocks; use --act-list"
+                    f"--ds-pattern is DepthShrinker's MobileNetV2 keep list ({len(keep_list)} entries: stem, "
+                    f"17 blocks, head); {model} has {len(a.blocks())} blocks; use --act-list"
                 )
         else:
             try:
-                keep = [int(x) for x in act_list.replace(" ", "").split(",") if x != ""]
+                keep_list = [int(x) for x in act_list.replace(" ", "").split(",") if x != ""]
             except ValueError as e:
                 raise PlanError(f"--act-list must be comma-separated 0/1 values, got {act_list!r}") from e
-        p = plan_from_act_list(a, keep)
+        p = plan_from_act_list(a, keep_list)
+    prediction = None
+    if gpu is not None:
+        from dsa.costs import evaluate
+
+        ev = evaluate(a, p, gpu, batch_size, precision)
+        prediction = {
+            "device": ev.device,
+            "precision": ev.precision,
+            "batch_size": ev.batch,
+            "source": ev.source,
+            "baseline_latency_ms": ev.baseline.latency_ms,
+            "planned_latency_ms": ev.planned.latency_ms,
+            "baseline_throughput_img_s": ev.baseline.throughput_img_s,
+            "planned_throughput_img_s": ev.planned.throughput_img_s,
+            "speedup": ev.speedup,
+        }
+        p = p.with_metadata(prediction=prediction)
     p.save(out_path)
     if fmt == Format.json:
         _emit_json(p.to_json())
@@ -221,6 +349,141 @@ def plan_cmd(
         f"plan for {p.model}: {len(p.removed)} activations removed, {len(p.added)} added, "
         f"{len(p.segments)} merged segments -> {out_path}"
     )
+    if prediction is not None:
+        out.print(_prediction_line(prediction))
+
+
+def _prediction_line(pr: dict) -> str:
+    return (
+        f"predicted on {pr['device']} ({pr['precision']}, batch {pr['batch_size']}; {pr['source']}): original "
+        f"{pr['baseline_latency_ms']:.2f} ms = {pr['baseline_throughput_img_s']:.0f} img/s -> planned "
+        f"{pr['planned_latency_ms']:.2f} ms = {pr['planned_throughput_img_s']:.0f} img/s; "
+        f"speed-up {pr['speedup']:.2f}x"
+    )
+
+
+def _block_span(blocks: tuple[str, ...]) -> str:
+    """``features.3`` or ``features.3..4`` (``first..last`` when the prefixes differ)."""
+    if len(blocks) == 1:
+        return blocks[0]
+    a, b = blocks[0].rpartition("."), blocks[-1].rpartition(".")
+    return f"{blocks[0]}..{b[2]}" if a[0] == b[0] and a[0] else f"{blocks[0]}..{blocks[-1]}"
+
+
+def _print_plan_result(r, out_path: Path) -> None:
+    merged = [s for s in r.segments if len(s.convs) > 1]
+    t = Table(
+        "blocks",
+        "convs",
+        "kernel",
+        "channels",
+        "kind",
+        "ms before",
+        "ms after",
+        title=f"{r.plan.model}: {len(merged)} merged segments",
+    )
+    for s in merged:
+        kind = ("dw" if s.depthwise else "dense") + ("+res" if s.residual else "") + ("+act" if s.added_after else "")
+        t.add_row(
+            _block_span(s.blocks),
+            str(len(s.convs)),
+            "x".join(map(str, s.kernel)) + ("" if s.stride == (1, 1) else f"/{s.stride[0]}"),
+            f"{s.channels[0]}->{s.channels[1]}",
+            kind,
+            f"{s.baseline_ms:.2f}",
+            f"{s.planned_ms:.2f}",
+        )
+    out.print(t)
+    removed = ", ".join(r.removed) if r.removed else "none"
+    out.print(
+        f"removed {len(r.removed)} activations (accuracy cost {r.accuracy_cost:g}: {r.accuracy_proxy}): {removed}"
+    )
+    if r.plan.added:
+        out.print(f"added ReLU6 after: {', '.join(x.after for x in r.plan.added)}")
+    out.print(_prediction_line(r.prediction()))
+    target = ", ".join(f"{k} {v:g}" for k, v in r.target.items() if v is not None)
+    s = r.solver
+    gap = "-" if s["mip_gap"] is None else f"{s['mip_gap']:.1e}"
+    out.print(
+        f"target: {target}; solver {s['name']}: {s['status']} in {1e3 * s['solve_s']:.0f} ms "
+        f"({s['solves']} solves, {s['edges']} candidate edges, {r.granularity} granularity, gap {gap})"
+    )
+    if r.act_list is not None:
+        note = "" if r.act_list_exact else " (importing it merges differently: this plan also keeps some boundaries)"
+        out.print(f"DepthShrinker keep list (--act-list): {','.join(map(str, r.act_list))}{note}")
+    out.print(f"wrote {out_path}")
+
+
+@app.command("pareto")
+@_errors
+def pareto_cmd(
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Figure file (.png or .svg).")] = Path("pareto.png"),
+    gpu: Annotated[
+        str, typer.Option("--gpu", "-g", help="Device name, alias (v100, a100, ...) or device file.")
+    ] = "v100",
+    points: Annotated[int, typer.Option("--points", min=2, help="Accuracy-cost budgets per granularity.")] = 20,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 128,
+    precision: Annotated[str, typer.Option("--precision", help="fp32, tf32, fp16 or bf16.")] = "fp32",
+    max_kernel: Annotated[int | None, typer.Option("--max-kernel", min=1, help="Largest merged kernel size.")] = None,
+    importance: Annotated[
+        Path | None,
+        typer.Option("--importance", help='Accuracy costs, JSON {"scores": {activation: cost}, "default": 1}.'),
+    ] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+    input_size: InputSizeOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """The predicted speed-up vs accuracy-cost frontier (fastest plan per accuracy-cost budget), per activation
+    and per block, with DepthShrinker's patterns A-F for MobileNetV2."""
+    from dsa.errors import PlanError
+    from dsa.pareto import frontier, plot_frontier
+    from dsa.planner import Planner, load_importance
+
+    if precision not in ("fp32", "tf32", "fp16", "bf16"):
+        raise PlanError(f"--precision must be fp32, tf32, fp16 or bf16, got {precision!r}")
+    scores, default_cost = load_importance(importance) if importance is not None else (None, 1.0)
+    _, a = _model_and_analysis(model, pretrained, checkpoint, input_size)
+    planners = [
+        Planner(
+            a,
+            gpu,
+            batch_size,
+            precision,
+            importance=scores,
+            default_cost=default_cost,
+            granularity=g,
+            max_kernel=max_kernel,
+        )
+        for g in ("activation", "block")
+    ]
+    f = frontier(planners, points)
+    plot_frontier(f, out_path)
+    if fmt == Format.json:
+        _emit_json({**f.to_json(), "figure": str(out_path)})
+        return
+    t = Table(
+        "granularity",
+        "accuracy cost",
+        "removed",
+        "speed-up",
+        "img/s",
+        title=f"{f.model} on {f.device} ({f.precision}, batch {f.batch}): fastest plan per accuracy cost",
+    )
+    for g, pts in f.curves.items():
+        for p in pts:
+            t.add_row(g, f"{p.accuracy_cost:g}", str(p.removed), f"{p.speedup:.2f}x", f"{p.throughput_img_s:.0f}")
+    for p in f.patterns:
+        t.add_row(
+            f"DS pattern {p.name}",
+            f"{p.accuracy_cost:g}",
+            str(p.removed),
+            f"{p.speedup:.2f}x",
+            f"{p.throughput_img_s:.0f}",
+        )
+    out.print(t)
+    out.print(f"wrote {out_path}")
 
 
 @app.command("merge")

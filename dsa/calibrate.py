@@ -52,6 +52,9 @@ def calibrate(a: Analysis, p: Profile) -> tuple[rl.Calibration, Profile]:
         [it.measured_ms for it in train],
         p.precision,
         notes=notes,
+        per_class_memory=True,
+        large_thresholds_mb=None,
+        time_weighted=True,
     )
     return cal, with_calibration(p, cal)
 

@@ -97,9 +97,12 @@ class RooflineCosts:
     def spec_ms(self, spec: rl.OpSpec) -> float:
         return rl.predict_op(spec, self.device, self.precision, self.calibration).total_ms
 
+    def op_spec(self, op: Op) -> rl.OpSpec | None:
+        return op_spec(self.analysis, op, self.batch, self.nbytes)
+
     def op_ms(self, op: Op) -> float:
         if op.id not in self._op_cache:
-            spec = op_spec(self.analysis, op, self.batch, self.nbytes)
+            spec = self.op_spec(op)
             self._op_cache[op.id] = 0.0 if spec is None else self.spec_ms(spec)
         return self._op_cache[op.id]
 
@@ -135,7 +138,9 @@ class ProfileCosts(RooflineCosts):
 
     def op_ms(self, op: Op) -> float:
         stat = self.profile.ops.get(op.name)
-        return stat.median_ms if stat is not None and op.kind not in (Kind.INPUT, Kind.OUTPUT) else super().op_ms(op)
+        if stat is None or self.op_spec(op) is None:  # ops that launch no kernel cost nothing, measured or not
+            return super().op_ms(op)
+        return stat.median_ms
 
     def _segment_entry(self, seg: Segment):
         from dsa.profile import signature_of
@@ -343,13 +348,24 @@ class _Builder:
                 for layer in layers:
                     kept_layer = layers[-1]
                     self.edge(
-                        node_in[i, layer], node_out[i, kept_layer], KEEP, act_ms, act_ms, keeps=names,
+                        node_in[i, layer],
+                        node_out[i, kept_layer],
+                        KEEP,
+                        act_ms,
+                        act_ms,
+                        keeps=names,
                         ops=tuple(ch.acts[i]),
-                    )  # fmt: skip
+                    )
                     self.edge(
-                        node_in[i, layer], node_out[i, layer], CUT, 0.0, act_ms, removes=names,
-                        ops=tuple(ch.acts[i]), boundary=boundary if i > 0 else "",
-                    )  # fmt: skip
+                        node_in[i, layer],
+                        node_out[i, layer],
+                        CUT,
+                        0.0,
+                        act_ms,
+                        removes=names,
+                        ops=tuple(ch.acts[i]),
+                        boundary=boundary if i > 0 else "",
+                    )
         for i in range(m):
             for j in range(i + 1, m + 1):
                 piece = ch.elements[ch.u_pos[i] : ch.u_pos[j - 1] + 1]
@@ -361,9 +377,15 @@ class _Builder:
                     if not tag:
                         self.span[len(self.edges)] = (i, j)
                     self.edge(
-                        node_out[i, layer], node_in[j, layer], SEGMENT, time_ms, baseline_ms, removes=removes,
-                        ops=op_ids, segment=seg,
-                    )  # fmt: skip
+                        node_out[i, layer],
+                        node_in[j, layer],
+                        SEGMENT,
+                        time_ms,
+                        baseline_ms,
+                        removes=removes,
+                        ops=op_ids,
+                        segment=seg,
+                    )
         if not tag:
             for i in range(m + 1):
                 self.junction_in[self.run, i] = node_in[i, 0]

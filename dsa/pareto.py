@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from matplotlib.transforms import Bbox
+
 from dsa.candidates import plan_ms
 from dsa.errors import DsaError
 from dsa.io import atomic_write_bytes
@@ -112,31 +114,48 @@ _LABELS = {
 
 
 def _label_patterns(fig, ax, patterns: Sequence[PatternPoint], obstacles: list) -> None:
-    """Label each pattern where its text overlaps no other label, the legend or the axes' edge."""
+    """A bold letter beside each pattern's star, where it overlaps no other letter, star or the legend; the
+    figures go into a box in the empty upper-left corner."""
+    if not patterns:
+        return
+    lines = ["DepthShrinker patterns", "(removed activations, predicted speed-up):"]
+    lines += [f"{p.name}: {p.removed} removed, {p.speedup:.2f}x" for p in patterns]
+    box = ax.text(
+        0.015,
+        0.975,
+        "\n".join(lines),
+        transform=ax.transAxes,
+        va="top",
+        ha="left",
+        fontsize=12,
+        color="#7f0000",
+        bbox={"boxstyle": "round,pad=0.4", "fc": "white", "ec": "#d62728", "alpha": 0.95},
+    )
     fig.canvas.draw()
     renderer = fig.canvas.get_renderer()
-    axes_box = ax.get_window_extent(renderer)
-    placed = [o.get_window_extent(renderer) for o in obstacles]
-    offsets = [(14, -30), (14, -58), (-14, -30), (-14, -58), (14, 22), (-14, 22), (14, -86), (-14, -86)]
+    placed = [o.get_window_extent(renderer) for o in [*obstacles, box]]
+    for p in patterns:  # the stars themselves, ~20 pt wide
+        x, y = ax.transData.transform((p.accuracy_cost, p.speedup))
+        r = 14 * fig.dpi / 72
+        placed.append(Bbox.from_extents(x - r, y - r, x + r, y + r))
+    offsets = [(-12, 10), (12, 10), (-12, -12), (12, -12), (0, 18), (0, -22), (-22, 0), (22, 0)]
     for p in sorted(patterns, key=lambda p: p.accuracy_cost):
         for k, (dx, dy) in enumerate(offsets):
             text = ax.annotate(
-                f"{p.name}: {p.removed} removed, {p.speedup:.2f}x",
+                p.name,
                 (p.accuracy_cost, p.speedup),
                 xytext=(dx, dy),
                 textcoords="offset points",
-                ha="left" if dx >= 0 else "right",
-                va="top" if dy < 0 else "bottom",
-                fontsize=12,
+                ha="right" if dx < 0 else "left" if dx > 0 else "center",
+                va="bottom" if dy > 0 else "top" if dy < 0 else "center",
+                fontsize=15,
+                fontweight="bold",
                 color="#7f0000",
-                arrowprops={"arrowstyle": "-", "color": "#7f0000", "lw": 0.8},
-                bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.85},
                 zorder=6,
             )
-            box = text.get_window_extent(renderer)
-            inside = axes_box.x0 <= box.x0 and box.x1 <= axes_box.x1 and axes_box.y0 <= box.y0 and box.y1 <= axes_box.y1
-            if (inside and not any(box.overlaps(o) for o in placed)) or k == len(offsets) - 1:
-                placed.append(box)
+            ext = text.get_window_extent(renderer)
+            if not any(ext.overlaps(o) for o in placed) or k == len(offsets) - 1:
+                placed.append(ext)
                 break
             text.remove()
 

@@ -48,7 +48,7 @@ from dsa.candidates import (
 from dsa.errors import DsaError, PlanError
 from dsa.graph import Analysis
 from dsa.io import read_json
-from dsa.plan import AddedActivation, Plan, act_list_of, make_plan
+from dsa.plan import AddedActivation, Plan, act_list_of, make_plan, plan_from_act_list
 
 SOLVER = "scipy.optimize.milp (HiGHS)"
 DEFAULT_ACTIVATION_COST = 1.0
@@ -239,7 +239,8 @@ def solve_milp(
     """With ``budget_ms``: the least accuracy cost within the time budget, then the fastest plan at that cost.
     Otherwise: the fastest plan (within ``max_acc`` if given), then the least accuracy cost at that time."""
     if p.n_edges == 0 and not p.ties:  # nothing to decide
-        ok = (budget_ms is None or p.fixed_ms <= budget_ms) and (max_acc is None or max_acc >= 0)
+        ok = all(s == t for s, t in zip(p.starts, p.ends, strict=True))
+        ok = ok and (budget_ms is None or p.fixed_ms <= budget_ms) and (max_acc is None or max_acc >= 0)
         t = p.fixed_ms if ok else math.nan
         return Solution("optimal" if ok else "infeasible", (), 0.0 if ok else math.nan, t, 0.0, 0.0, 0.0, 0)
     if budget_ms is not None:
@@ -299,27 +300,35 @@ def _topological(p: PathProblem) -> list[int]:
     return order
 
 
-def _stages(p: PathProblem, pos: Mapping[int, int]) -> list[tuple[int, int, list[int]]]:
-    """Split every run at the nodes that all its paths visit: (first node, last node, edges) per stage."""
-    run_of: dict[int, int] = {}
-    adj: list[list[int]] = [[] for _ in range(p.n_nodes)]
+def _reach(seeds: Iterable[int], adj: Sequence[Sequence[int]]) -> set[int]:
+    seen = set(seeds)
+    stack = list(seen)
+    while stack:
+        for w in adj[stack.pop()]:
+            if w not in seen:
+                seen.add(w)
+                stack.append(w)
+    return seen
+
+
+def _stages(p: PathProblem, pos: Mapping[int, int]) -> list[tuple[int, int, list[int]]] | None:
+    """Split every run at the nodes that all its paths visit: (first node, last node, edges) per stage; None
+    when some run has no path at all. Only nodes on some start-to-end path count, so that a node is visited by
+    every path exactly when no edge jumps over it in topological order."""
+    fwd: list[list[int]] = [[] for _ in range(p.n_nodes)]
+    bwd: list[list[int]] = [[] for _ in range(p.n_nodes)]
     for e in range(p.n_edges):
-        adj[p.src[e]].append(e)
-    for r, s in enumerate(p.starts):  # nodes reachable from each start
-        stack, run_of[s] = [s], r
-        while stack:
-            v = stack.pop()
-            for e in adj[v]:
-                w = p.dst[e]
-                if w not in run_of:
-                    run_of[w] = r
-                    stack.append(w)
+        fwd[p.src[e]].append(p.dst[e])
+        bwd[p.dst[e]].append(p.src[e])
     stages = []
-    for r, (s, t) in enumerate(zip(p.starts, p.ends, strict=True)):
-        nodes = sorted((v for v, rr in run_of.items() if rr == r), key=pos.get)
-        edges = [e for e in range(p.n_edges) if run_of.get(p.src[e]) == r]
-        jump = [0] * (len(nodes) + 1)  # edges jumping over each position
+    for s, t in zip(p.starts, p.ends, strict=True):
+        alive = _reach([s], fwd) & _reach([t], bwd)
+        if t not in alive:
+            return None  # this run has no path: infeasible
+        nodes = sorted(alive, key=pos.__getitem__)
         rank = {v: k for k, v in enumerate(nodes)}
+        edges = [e for e in range(p.n_edges) if p.src[e] in alive and p.dst[e] in alive]
+        jump = [0] * (len(nodes) + 1)  # edges jumping over each position
         for e in edges:
             a, b = rank[p.src[e]], rank[p.dst[e]]
             if b > a + 1:
@@ -328,7 +337,7 @@ def _stages(p: PathProblem, pos: Mapping[int, int]) -> list[tuple[int, int, list
         cuts, running = [], 0
         for k, v in enumerate(nodes):
             running += jump[k]
-            if running == 0 and rank[s] <= k <= rank[t]:
+            if running == 0:
                 cuts.append(v)
         for a, b in zip(cuts, cuts[1:], strict=False):
             lo, hi = rank[a], rank[b]
@@ -361,6 +370,8 @@ def dp_frontier(p: PathProblem, max_enumerated_blocks: int = 16) -> Frontier:
     block touches form one group, whose block decisions are enumerated (at most ``max_enumerated_blocks``)."""
     pos = {v: k for k, v in enumerate(_topological(p))}
     stages = _stages(p, pos)
+    if stages is None:
+        return []
     stage_of_edge = {e: k for k, (_, _, es) in enumerate(stages) for e in es}
     # union-find over stages (0..S-1) and ties (S..S+T-1)
     n_st = len(stages)
@@ -431,6 +442,7 @@ class SegmentRow:
     """One piece of the planned network: a merged segment (or a single conv with its BN folded)."""
 
     members: tuple[str, ...]
+    blocks: tuple[str, ...]
     convs: tuple[str, ...]
     kernel: tuple[int, int]
     stride: tuple[int, int]
@@ -446,6 +458,7 @@ class SegmentRow:
         return {
             "first": self.members[0],
             "last": self.members[-1],
+            "blocks": list(self.blocks),
             "convs": list(self.convs),
             "kernel": list(self.kernel),
             "stride": list(self.stride),
@@ -477,7 +490,8 @@ class PlanResult:
     segments: tuple[SegmentRow, ...]
     solver: dict
     target: dict
-    act_list: tuple[int, ...] | None = None
+    act_list: tuple[int, ...] | None = None  # block granularity: DepthShrinker's keep list
+    act_list_exact: bool | None = None  # whether importing that keep list gives exactly these segments
 
     @property
     def baseline_throughput(self) -> float:
@@ -801,12 +815,17 @@ class Planner:
             raise DsaError(f"internal error: the planned segments {want} do not match the plan's {got}")
         order = {op_id: k for k, op_id in enumerate(a.ops)}
         act_list = None
+        act_list_exact = None
         if self.granularity == "block":
             act_list = tuple(act_list_of(plan, a))
+            ds = plan_from_act_list(a, list(act_list))
+            act_list_exact = sorted(tuple(x["convs"]) for x in ds.segments) == got and ds.added == plan.added
             source["act_list"] = list(act_list)
+            source["act_list_same_segments"] = act_list_exact
         rows = tuple(
             SegmentRow(
                 e.segment.members,
+                e.segment.blocks,
                 e.segment.convs,
                 e.segment.kernel,
                 e.segment.stride,
@@ -849,6 +868,7 @@ class Planner:
             solver=solver,
             target=target,
             act_list=act_list,
+            act_list_exact=act_list_exact,
         )
         meta = {
             "prediction": result.prediction(),
@@ -910,6 +930,7 @@ def plan_for_target(
     target_throughput: float | None = None,
     target_speedup: float | None = None,
     importance: Mapping[str, float] | None = None,
+    default_cost: float = DEFAULT_ACTIVATION_COST,
     keep: Sequence[str] = (),
     remove: Sequence[str] = (),
     granularity: str = "activation",
@@ -926,6 +947,7 @@ def plan_for_target(
         batch,
         precision,
         importance=importance,
+        default_cost=default_cost,
         keep=keep,
         remove=remove,
         granularity=granularity,
@@ -944,6 +966,7 @@ def fastest_plan(
     *,
     max_accuracy_cost: float | None = None,
     importance: Mapping[str, float] | None = None,
+    default_cost: float = DEFAULT_ACTIVATION_COST,
     keep: Sequence[str] = (),
     remove: Sequence[str] = (),
     granularity: str = "activation",
@@ -958,6 +981,7 @@ def fastest_plan(
         batch,
         precision,
         importance=importance,
+        default_cost=default_cost,
         keep=keep,
         remove=remove,
         granularity=granularity,

@@ -131,6 +131,10 @@ class Calibration:
     median_abs_pct_error_uncalibrated: float | None = None
     date: str
     notes: str = ""
+    #: ops moving more than this many MB (working set beyond the caches, fresh pages) get their memory
+    #: time multiplied by ``large_memory_factor``; None = one memory regime
+    large_bytes_mb: float | None = None
+    large_memory_factor: float = 1.0
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -145,6 +149,8 @@ class Calibration:
             "median_abs_pct_error_uncalibrated": self.median_abs_pct_error_uncalibrated,
             "date": self.date,
             "notes": self.notes,
+            "large_bytes_mb": self.large_bytes_mb,
+            "large_memory_factor": self.large_memory_factor,
         }
 
     @classmethod
@@ -166,6 +172,8 @@ class Calibration:
                 "median_abs_pct_error_uncalibrated",
                 "date",
                 "notes",
+                "large_bytes_mb",
+                "large_memory_factor",
             ),
         )
         v.schema_version(data)
@@ -186,6 +194,8 @@ class Calibration:
             ),
             date=v.string(data, "date"),
             notes=v.string(data, "notes", optional=True) or "",
+            large_bytes_mb=v.number(data, "large_bytes_mb", minimum=0.0, optional=True),
+            large_memory_factor=v.number(data, "large_memory_factor", minimum=1.0, optional=True) or 1.0,
         )
 
 

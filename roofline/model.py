@@ -140,6 +140,8 @@ class Efficiencies:
     memory: Mapping[str, float]
     launch_ms: float
     calibrated: bool
+    large_bytes: float | None = None  # ops moving more bytes than this are in the slow memory regime
+    large_factor: float = 1.0  # ... and their memory time is multiplied by this
 
 
 def _check_precision(precision: str) -> None:
@@ -170,7 +172,8 @@ def efficiencies(device: DeviceSpec, precision: str, calibration: Calibration | 
         )
     compute.update(calibration.compute_efficiency)
     memory.update(calibration.memory_efficiency)
-    return Efficiencies(compute, memory, calibration.launch_ms, calibrated=True)
+    large = calibration.large_bytes_mb * 1e6 if calibration.large_bytes_mb else None
+    return Efficiencies(compute, memory, calibration.launch_ms, True, large, calibration.large_memory_factor)
 
 
 def _tensor_eligible(op: OpSpec) -> bool:
@@ -281,6 +284,8 @@ def _combine(op: OpSpec, unit: str, raw_compute: float, raw_memory: float, waves
     cls = op.op_class.value
     compute_ms = raw_compute / eff.compute[cls]
     memory_ms = raw_memory / eff.memory[cls]
+    if eff.large_bytes is not None and op.bytes_total > eff.large_bytes:
+        memory_ms *= eff.large_factor
     busy = max(compute_ms, memory_ms)
     bound = "launch" if eff.launch_ms > busy else "compute" if compute_ms >= memory_ms else "memory"
     return OpTime(
