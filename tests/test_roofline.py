@@ -587,3 +587,36 @@ def test_calibration_options_per_class_memory_and_fixed_launch() -> None:
     assert set(cal.memory_efficiency) == {op.op_class.value for op in ops}
     # elementwise ops are all memory-bound: their own memory efficiency is determined
     assert cal.memory_efficiency["elementwise"] == pytest.approx(TRUE_MEMORY, rel=0.05)
+
+
+def test_calibration_finds_a_slow_memory_regime_for_large_ops() -> None:
+    ops = _synthetic_ops()
+    truth = rl.Calibration(
+        device="v100-sxm2",
+        precision="fp32",
+        compute_efficiency=TRUE_COMPUTE,
+        memory_efficiency=dict.fromkeys(rl.OP_CLASSES, TRUE_MEMORY),
+        launch_ms=TRUE_LAUNCH_MS,
+        n_ops=1,
+        median_abs_pct_error=0.0,
+        date="2026-01-01",
+        large_bytes_mb=32.0,
+        large_memory_factor=4.0,
+    )
+    measured = [t.total_ms for t in rl.predict_ops(ops, "v100", "fp32", truth)]
+    assert measured != [
+        t.total_ms
+        for t in rl.predict_ops(
+            ops,
+            "v100",
+            "fp32",
+            truth.__class__(**{**truth.__dict__, "large_bytes_mb": None, "large_memory_factor": 1.0}),
+        )
+    ]
+    plain = rl.fit_calibration("v100", ops, measured, "fp32")
+    cal = rl.fit_calibration("v100", ops, measured, "fp32", large_thresholds_mb=(8.0, 32.0, 128.0), time_weighted=True)
+    assert cal.large_bytes_mb == 32.0
+    assert cal.large_memory_factor == pytest.approx(4.0, rel=0.05)
+    assert cal.median_abs_pct_error < plain.median_abs_pct_error
+    again = rl.Calibration.from_dict(cal.to_dict(), "round trip")
+    assert (again.large_bytes_mb, again.large_memory_factor) == (cal.large_bytes_mb, cal.large_memory_factor)

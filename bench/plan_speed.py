@@ -1,0 +1,81 @@
+"""How fast the planner is: candidate building and MILP solve time (HiGHS) on mobilenet_v2_140 and
+efficientnet_lite0, and the whole `dsa plan --gpu v100 --target-throughput 4000` command cold.
+
+    python bench/plan_speed.py --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from dsa.graph import analyze
+from dsa.models import create_model, input_size
+from dsa.planner import Planner
+
+MODELS = ("mobilenet_v2_140", "efficientnet_lite0")
+SPEEDUPS = (1.5, 2.0, 2.5)  # a fraction of each model's reachable range is used instead when it is lower
+
+
+def solve_times(planner: Planner, repeats: int) -> tuple[list[float], list[float]]:
+    """(MILP seconds per target, per accuracy-cost budget), every solve repeated ``repeats`` times."""
+    top = planner.fastest().speedup
+    targets = [min(s, 1 + (top - 1) * f) for s, f in zip(SPEEDUPS, (0.3, 0.6, 0.9), strict=True)]
+    by_target, by_budget = [], []
+    for _ in range(repeats):
+        for s in targets:
+            by_target.append(planner.for_target(target_speedup=s).solver["solve_s"])
+        for budget in (5, 15):
+            by_budget.append(planner.fastest(budget).solver["solve_s"])
+    return by_target, by_budget
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    print()
+    print(
+        "| model | granularity | candidate edges | MILP variables | build ms | MILP s, for a target (median / max) "
+        "| MILP s, fastest within a cost (median / max) |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for name in MODELS:
+        a = analyze(create_model(name), name, input_size(name))
+        for g in ("activation", "block"):
+            t0 = time.perf_counter()
+            planner = Planner(a, "v100", 128, "fp32", granularity=g)
+            build_ms = 1e3 * (time.perf_counter() - t0)
+            tt, tb = solve_times(planner, args.repeats)
+            print(
+                f"| {name} | {g} | {planner.problem.n_edges} | {planner.problem.n_edges + len(planner.problem.ties)} "
+                f"| {build_ms:.0f} | {statistics.median(tt):.3f} / {max(tt):.3f} "
+                f"| {statistics.median(tb):.3f} / {max(tb):.3f} |"
+            )
+    print()
+    print("Each MILP time covers both solves (least cost, then the fastest plan at that cost).")
+    print()
+    cmd = ["dsa", "plan", "--gpu", "v100", "--target-throughput", "4000", "--format", "json"]
+    walls = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            r = subprocess.run([*cmd, "--out", str(Path(tmp) / "plan.json")], capture_output=True, text=True)
+            walls.append(time.perf_counter() - t0)
+            if r.returncode != 0:
+                sys.exit(f"`{' '.join(cmd)}` failed: {r.stderr.strip()}")
+    print("| command (new process, imports included) | wall s per run | median |")
+    print("|---|---|---:|")
+    print(f"| `{' '.join(cmd[:6])}` | {', '.join(f'{w:.2f}' for w in walls)} | {statistics.median(walls):.2f} |")
+
+
+if __name__ == "__main__":
+    main()
