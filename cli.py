@@ -192,10 +192,16 @@ def plan_cmd(
         float | None, typer.Option("--max-accuracy-cost", help="Solve: the fastest plan within this accuracy cost.")
     ] = None,
     gpu: Annotated[
-        str | None, typer.Option("--gpu", "-g", help="Device name, alias (v100, a100, ...) or device file [v100].")
+        str | None,
+        typer.Option("--gpu", "-g", help="Device name, alias (v100, a100, ...) or device file (default: v100)."),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 128,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, tf32, fp16 or bf16.")] = "fp32",
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Images per forward pass (default: 128, or the profile's)."),
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="fp32, tf32, fp16 or bf16 (default: fp32, or the profile's).")
+    ] = None,
     granularity: Annotated[
         str | None,
         typer.Option(
@@ -215,7 +221,11 @@ def plan_cmd(
         typer.Option("--importance", help='Accuracy costs, JSON {"scores": {activation: cost}, "default": 1}.'),
     ] = None,
     profile: Annotated[
-        Path | None, typer.Option("--profile", help="A measured profile (dsa profile): its device and times.")
+        Path | None,
+        typer.Option(
+            "--profile",
+            help="A measured profile (dsa profile): its device and times (default: a matching one in profiles/<gpu>/).",
+        ),
     ] = None,
     act_list: Annotated[
         str | None, typer.Option(help="DepthShrinker keep list: 1,0,... one per block plus stem and head.")
@@ -266,12 +276,10 @@ def plan_cmd(
         )
     elif len(given_targets) > 1:
         raise PlanError(f"give one target for the solver; got {' and '.join(given_targets)}")
-    if precision not in ("fp32", "tf32", "fp16", "bf16"):
+    if precision is not None and precision not in ("fp32", "tf32", "fp16", "bf16"):
         raise PlanError(f"--precision must be fp32, tf32, fp16 or bf16, got {precision!r}")
     if granularity is not None and granularity not in ("activation", "block"):
         raise PlanError(f"--granularity must be activation or block, got {granularity!r}")
-    if profile is not None and gpu is not None:
-        raise PlanError("--profile brings the device it was measured on; drop --gpu")
 
     if not sources:
         from dsa.planner import Planner, load_importance
@@ -282,7 +290,12 @@ def plan_cmd(
             from dsa.profile import load_profile
 
             prof = load_profile(profile)
+            batch_size = batch_size or prof.batch_size
+            precision = precision or prof.precision
+        batch_size, precision = batch_size or 128, precision or "fp32"
         _, a = _model_and_analysis(model, pretrained, checkpoint, input_size)
+        if prof is None:
+            prof = _find_profile(gpu or "v100", a, batch_size, precision)
         planner = Planner(
             a,
             gpu or "v100",
@@ -328,7 +341,8 @@ def plan_cmd(
     if gpu is not None:
         from dsa.costs import evaluate
 
-        ev = evaluate(a, p, gpu, batch_size, precision)
+        batch_size, precision = batch_size or 128, precision or "fp32"
+        ev = evaluate(a, p, gpu, batch_size, precision, profile=_find_profile(gpu, a, batch_size, precision))
         prediction = {
             "device": ev.device,
             "precision": ev.precision,

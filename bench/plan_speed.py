@@ -7,6 +7,7 @@ efficientnet_lite0, and the whole `dsa plan --gpu v100 --target-throughput 4000`
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import statistics
@@ -51,6 +52,7 @@ def main() -> None:
     for name in MODELS:
         a = analyze(create_model(name), name, input_size(name))
         for g in ("activation", "block"):
+            gc.collect()
             t0 = time.perf_counter()
             planner = Planner(a, "v100", 128, "fp32", granularity=g)
             build_ms = 1e3 * (time.perf_counter() - t0)

@@ -3,7 +3,8 @@
 Three levels of API (as Torch-Pruning's graph / criteria / driver):
 
 - graph: :func:`analyze` (torch.fx) finds activation sites and the segments a plan induces;
-- plans: :class:`Plan`, :func:`load_plan`, :func:`make_plan`, :func:`plan_from_act_list`;
+- plans: :class:`Plan`, :func:`load_plan`, :func:`make_plan`, :func:`plan_from_act_list`, and the planner
+  (:func:`plan_for_target`, :func:`fastest_plan`, :class:`Planner`: the best plan for a latency target, exactly);
 - transforms: :func:`apply_plan` (merge-ready network to finetune) and :func:`merge` (one conv per segment,
   verified numerically).
 """
@@ -31,6 +32,7 @@ from dsa.plan import (
     plan_from_act_list,
     remove_all_plan,
 )
+from dsa.planner import Planner, PlanResult, fastest_plan, plan_for_target
 
 __all__ = [
     "__version__",
@@ -55,4 +57,8 @@ __all__ = [
     "make_plan",
     "plan_from_act_list",
     "remove_all_plan",
+    "Planner",
+    "PlanResult",
+    "fastest_plan",
+    "plan_for_target",
 ]

@@ -127,7 +127,8 @@ class ProfileCosts(RooflineCosts):
             raise PlanError(
                 f"the profile is of {profile.model} at batch {profile.batch_size}, {profile.precision} "
                 f"(fingerprint {profile.fingerprint}); the plan is for {analysis.model_name} at batch {batch}, "
-                f"{precision} (fingerprint {analysis.fingerprint}): profile it with those settings, or drop --profile"
+                f"{precision} (fingerprint {analysis.fingerprint}): use --batch-size {profile.batch_size} --precision "
+                f"{profile.precision} for this profile, profile this model at these settings, or drop --profile"
             )
         super().__init__(analysis, profile.device(), batch, precision)
         self.profile = profile
@@ -253,19 +254,21 @@ class Candidates:
                 removed += e.removes
                 if e.added_after:
                     added.append((e.added_after, "ReLU6"))
-                if e.kind == CUT and e.boundary and prev is not None and not _natural_cut(prev, nxt or e):
+                # a cut edge (activation removed, run cut) and an activation-free junction need a boundary,
+                # unless the run is cut there anyway: at its ends, next to a residual block taken apart, or
+                # where a ReLU6 is added
+                if e.kind == CUT and e.boundary and prev is not None and not _cut_anyway(prev, nxt):
                     boundaries.append(e.boundary)
                 node = self.nodes[e.dst]
-                if node.boundary and nxt is not None and not _natural_cut(e, nxt):
+                if node.boundary and nxt is not None and not _cut_anyway(e, nxt):
                     boundaries.append(node.boundary)
         return removed, added, list(dict.fromkeys(boundaries))
 
 
-def _natural_cut(before: Edge | None, after: Edge | None) -> bool:
-    """Whether the run is cut between these edges anyway (no boundary needed)."""
-    if before is None or after is None:
-        return True
-    return before.kind == ADD or bool(before.added_after) or after.kind == ENTER
+def _cut_anyway(before: Edge, after: Edge | None) -> bool:
+    """Whether a run is cut between these consecutive edges of a path without a boundary (``after`` None: the
+    run ends later, after more junction edges)."""
+    return before.kind == ADD or bool(before.added_after) or (after is not None and after.kind == ENTER)
 
 
 @dataclass
@@ -317,9 +320,6 @@ class _Builder:
     def edge(self, src: int, dst: int, kind: str, time_ms: float, baseline_ms: float, **kw) -> None:
         self.edges.append(Edge(len(self.edges), self.run, src, dst, kind, time_ms, baseline_ms, **kw))
 
-    def name(self, elem: str, units: Mapping[str, _Unit]) -> str:
-        return self.ops[elem].name  # a unit is keyed by its add op
-
     def unit_ops(self, elem: str, units: Mapping[str, _Unit]) -> list[str]:
         if elem in units:
             u = units[elem]
@@ -334,7 +334,8 @@ class _Builder:
         node_in: dict[tuple[int, int], int] = {}
         node_out: dict[tuple[int, int], int] = {}
         for i in range(m + 1):
-            boundary = self.name(ch.u[i - 1], units) if 0 < i < m or (i == m and ch.acts[i] and m > 0) else ""
+            # cut after the element before the junction (a unit is keyed by its add op)
+            boundary = self.ops[ch.u[i - 1]].name if 0 < i < m or (i == m and ch.acts[i] and m > 0) else ""
             for layer in layers:
                 sfx = f"/{layer}" if len(layers) > 1 else ""
                 if ch.acts[i]:

@@ -28,7 +28,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -519,8 +519,8 @@ class PlanResult:
         }
 
 
-def _cost_label(importance: Mapping[str, float] | None) -> str:
-    return "importance scores" if importance else "removed activations (each costs 1)"
+def _cost_label(importance: Mapping[str, float] | None, default_cost: float) -> str:
+    return "importance scores" if importance else f"removed activations (each costs {default_cost:g})"
 
 
 def load_importance(path: str | Path) -> tuple[dict[str, float], float]:
@@ -580,6 +580,7 @@ class Planner:
         self.batch = getattr(costs, "batch", batch)
         self.precision = getattr(costs, "precision", precision)
         self.importance = dict(importance) if importance else None
+        self.accuracy_proxy = _cost_label(importance, default_cost)
         self.act_cost = self._act_costs(importance, default_cost)
         self.keep, self.remove = self._forced(keep, remove)
         self.candidates: Candidates = build_candidates(analysis, costs, granularity, max_kernel)
@@ -862,7 +863,7 @@ class Planner:
             baseline_ms=self.baseline_ms,
             planned_ms=sol.time_ms,
             accuracy_cost=sol.accuracy_cost,
-            accuracy_proxy=_cost_label(self.importance),
+            accuracy_proxy=self.accuracy_proxy,
             removed=plan.removed,
             segments=rows,
             solver=solver,
@@ -908,8 +909,6 @@ def _on_paths(edges: list[Edge], starts: Sequence[int], ends: Sequence[int]) -> 
 
 
 def _with_plan(r: PlanResult, plan: Plan) -> PlanResult:
-    from dataclasses import replace
-
     return replace(r, plan=plan)
 
 

@@ -325,7 +325,7 @@ def test_profile_costs_follow_evaluate_with_the_same_profile(analyses) -> None:
         plan = make_plan(a, removed, [], boundaries)
         ev = evaluate(a, plan, None, 8, "fp32", profile=prof)
         assert cands.fixed_ms + sum(e.time_ms for e in chosen) == pytest.approx(ev.planned.latency_ms, rel=1e-9)
-    with pytest.raises(PlanError, match="profile it with those settings"):
+    with pytest.raises(PlanError, match="use --batch-size 8 --precision fp32 for this profile"):
         ProfileCosts(a, prof, batch=16)
 
 

@@ -356,7 +356,6 @@ def test_cli_unreachable_target_exits_1_with_the_best_throughput(tiny, tmp_path)
         (["--target-speedup", "2", "--keep", "nope"], "is neither an activation nor a block"),
         (["--target-speedup", "2", "--precision", "fp8"], "--precision must be"),
         (["--target-speedup", "2", "--granularity", "layer"], "--granularity must be"),
-        (["--target-speedup", "2", "--profile", "p.json", "--gpu", "a100"], "drop --gpu"),
         (["--target-speedup", "-1"], "must be a positive number"),
     ],
 )
@@ -467,3 +466,65 @@ def test_finetune_example_runs_on_a_tiny_network(capsys) -> None:
     err = example["main"](["--model", TINY, "--classes", "10", "--size", "40", "--steps", "2"])
     assert err < 1e-4
     assert "merged network" in capsys.readouterr().out
+
+
+def test_cli_plan_with_a_measured_profile(tiny, tmp_path) -> None:
+    """--profile: the profile's device, batch and precision, its measured times where it has them."""
+    profile_mod = pytest.importorskip("dsa.profile")
+    import roofline as rl
+
+    doc = {
+        "schema_version": profile_mod.SCHEMA_VERSION,
+        "kind": "dsa.profile",
+        "model": tiny.model_name,
+        "fingerprint": tiny.fingerprint,
+        "input_size": SIZE,
+        "batch_size": 16,
+        "precision": "fp16",
+        "layout": "nchw",
+        "environment": {},
+        "device_spec": rl.load_device("a100").to_dict(),
+        "ops": {op.name: {"median_ms": 0.05} for op in list(tiny.ops.values())[1:-1]},
+        "segments": {},
+        "end_to_end": {},
+    }
+    path = tmp_path / "profile.json"
+    path.write_text(json.dumps(doc))
+    out = tmp_path / "p.json"
+    ok(dsa("plan", "--model", TINY, "--input-size", SIZE, "--profile", path, "--target-speedup", "1.1", "-o", out))
+    pred = load_plan(out).metadata["prediction"]
+    assert pred["batch_size"] == 16 and pred["precision"] == "fp16" and pred["device"].startswith("a100")
+    assert pred["source"].startswith("profile of")
+    prof = profile_mod.load_profile(path)
+    assert pred["baseline_latency_ms"] == pytest.approx(
+        evaluate(tiny, load_plan(out), None, 16, "fp16", profile=prof).baseline.latency_ms
+    )
+    user_error(
+        dsa(
+            "plan",
+            "--model",
+            TINY,
+            "--input-size",
+            SIZE,
+            "--profile",
+            path,
+            "--batch-size",
+            8,
+            "--target-speedup",
+            "1.1",
+            "-o",
+            out,
+        ),
+        "use --batch-size 16 --precision fp16 for this profile",
+    )
+
+
+@pytest.mark.slow
+def test_cli_default_model_target_throughput_4000(tmp_path, monkeypatch) -> None:
+    """The main job: `dsa plan --gpu v100 --target-throughput 4000` on the default model, plan.json by default."""
+    monkeypatch.chdir(tmp_path)
+    doc = json.loads(ok(dsa("plan", "--gpu", "v100", "--target-throughput", "4000", "--format", "json")))
+    assert doc["model"] == "mobilenet_v2_140" and doc["source"]["kind"] == "planner"
+    assert doc["metadata"]["prediction"]["planned_throughput_img_s"] >= 4000
+    assert doc["metadata"]["solver"]["status"] == "optimal"
+    assert load_plan(tmp_path / "plan.json").to_json() == doc
