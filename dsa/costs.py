@@ -126,7 +126,7 @@ def baseline_ops(a: Analysis, batch: int, precision: str = "fp32") -> list[Coste
 
 def segment_conv_spec(seg: Segment, batch: int, nbytes: int) -> rl.OpSpec:
     """The merged conv of a segment (bias included: BN and earlier biases fold into it)."""
-    groups = seg.in_channels if seg.depthwise else 1
+    groups = seg.groups
     name = seg.convs[0] if len(seg.convs) == 1 else f"{seg.convs[0]}+{len(seg.convs) - 1}"
     return rl.conv2d_op(
         name,

@@ -180,6 +180,7 @@ class Segment:
     kernel: tuple[int, int]
     stride: tuple[int, int]
     depthwise: bool
+    groups: int  # of the merged conv: the member's own groups for a lone conv, else C (depthwise) or 1
     in_shape: tuple[int, ...]  # (C, H, W) at the analysis resolution
     out_shape: tuple[int, ...]
     blocks: tuple[str, ...]
@@ -199,6 +200,7 @@ class Segment:
             "kernel": list(self.kernel),
             "stride": list(self.stride),
             "depthwise": self.depthwise,
+            "groups": self.groups,
             "in_shape": list(self.in_shape),
             "out_shape": list(self.out_shape),
             "blocks": list(self.blocks),
@@ -771,6 +773,16 @@ def _cut(
     return out
 
 
+def _merged_groups(convs: list[Op], residual: bool) -> int:
+    """Groups of a segment's merged conv: a lone grouped conv stays grouped (only BN folds into it) unless an
+    identity shortcut is fused into it; a composite stays depthwise only if every member is, else dense."""
+    if all(c.conv.depthwise for c in convs):
+        return convs[0].conv.in_channels
+    if len(convs) == 1 and not residual:
+        return convs[0].conv.groups
+    return 1
+
+
 def _make_segment(a: Analysis, units: dict[str, _Unit], piece: list[str]) -> Segment:
     ops = a.ops
     member_ids: list[str] = []
@@ -814,6 +826,7 @@ def _make_segment(a: Analysis, units: dict[str, _Unit], piece: list[str]) -> Seg
         kernel=(kh, kw),
         stride=(sh, sw),
         depthwise=all(c.conv.depthwise for c in convs),
+        groups=_merged_groups(convs, first in units),
         in_shape=tuple(in_shape[1:]),
         out_shape=tuple(out_shape[1:]),
         blocks=tuple(blocks),

@@ -39,6 +39,7 @@ class Affine:
     bias: torch.Tensor
     stride: tuple[int, int]
     depthwise: bool = False
+    groups: int = 1  # > 1 only for a lone grouped conv kept grouped (never composed)
 
     def dense(self) -> torch.Tensor:
         return dense_kernel(self.weight, self.weight.shape[0]) if self.depthwise else self.weight
@@ -106,13 +107,18 @@ def fold_bn(a: Affine, bn: nn.BatchNorm2d) -> Affine:
     gamma = bn.weight.to(dt) if bn.weight is not None else torch.ones_like(var)
     beta = bn.bias.to(dt) if bn.bias is not None else torch.zeros_like(var)
     scale = gamma / torch.sqrt(var + bn.eps)
-    return Affine(a.weight * scale[:, None, None, None], (a.bias - mean) * scale + beta, a.stride, a.depthwise)
+    return Affine(
+        a.weight * scale[:, None, None, None], (a.bias - mean) * scale + beta, a.stride, a.depthwise, a.groups
+    )
 
 
-def conv_affine(conv: nn.Conv2d, dtype: torch.dtype = torch.float64) -> Affine:
+def conv_affine(conv: nn.Conv2d, dtype: torch.dtype = torch.float64, keep_groups: bool = False) -> Affine:
+    """A conv as an Affine: depthwise kept depthwise, grouped expanded to dense unless ``keep_groups``."""
     w = conv.weight.detach().to(dtype)
     b = conv.bias.detach().to(dtype) if conv.bias is not None else w.new_zeros(w.shape[0])
     dw = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+    if keep_groups and conv.groups > 1 and not dw:
+        return Affine(_spread(w, tuple(conv.dilation)), b, tuple(conv.stride), groups=conv.groups)
     w = _spread(w, tuple(conv.dilation)) if dw else dense_kernel(w, conv.groups, tuple(conv.dilation))
     return Affine(w, b, tuple(conv.stride), depthwise=dw)
 
@@ -171,7 +177,7 @@ def segment_conv(
             continue
         if op.kind == Kind.CONV:
             conv = _module(ready, op)
-            a = conv_affine(conv, dtype)
+            a = conv_affine(conv, dtype, keep_groups=seg.groups > 1 and not seg.depthwise)
             affine = a if affine is None else compose(affine, a)
             if in_branch:
                 t, left = _padding_top_left(op)
@@ -199,9 +205,11 @@ def segment_conv(
 def _to_conv(affine: Affine, specs: list[list[int]], dtype: torch.dtype) -> RelocatedPadConv2d:
     w, b = affine.weight, affine.bias
     out_c, in_c, kh, kw = w.shape
-    groups = 1
+    groups = affine.groups
     if affine.depthwise:
         in_c = groups = out_c
+    elif groups > 1:
+        in_c = in_c * groups
     conv = RelocatedPadConv2d(in_c, out_c, (kh, kw), affine.stride, groups=groups, bias=True, specs=specs).to(dtype)
     with torch.no_grad():
         conv.weight.copy_(w.to(dtype))

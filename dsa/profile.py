@@ -70,7 +70,7 @@ def segment_signature(c_in: int, c_out: int, kernel, stride, groups: int, h_in: 
 
 
 def signature_of(seg: Segment) -> str:
-    groups = seg.in_channels if seg.depthwise else 1
+    groups = seg.groups
     return segment_signature(
         seg.in_channels, seg.out_channels, seg.kernel, seg.stride, groups, seg.in_shape[1], seg.in_shape[2]
     )
@@ -356,9 +356,7 @@ def _segment_module(seg: Segment, act: bool) -> tuple[nn.Module, nn.Module | Non
     c_in, c_out, (kh, kw), stride = seg.in_channels, seg.out_channels, seg.kernel, seg.stride
     pad_h = max(0, (seg.out_shape[1] - 1) * stride[0] + kh - seg.in_shape[1])
     pad_w = max(0, (seg.out_shape[2] - 1) * stride[1] + kw - seg.in_shape[2])
-    conv = nn.Conv2d(
-        c_in, c_out, (kh, kw), stride, padding=(pad_h // 2, pad_w // 2), groups=c_in if seg.depthwise else 1, bias=True
-    )
+    conv = nn.Conv2d(c_in, c_out, (kh, kw), stride, padding=(pad_h // 2, pad_w // 2), groups=seg.groups, bias=True)
     return conv, (nn.ReLU6() if act else None)
 
 
@@ -425,7 +423,7 @@ def profile_model(
                 "c_out": seg.out_channels,
                 "kernel": list(seg.kernel),
                 "stride": list(seg.stride),
-                "groups": seg.in_channels if seg.depthwise else 1,
+                "groups": seg.groups,
                 "in_shape": list(seg.in_shape),
                 "out_shape": list(seg.out_shape),
                 "conv": _time_callable(lambda c=conv, t=xin: c(t), dev, warmup, repeats),

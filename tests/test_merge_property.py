@@ -168,3 +168,27 @@ def test_compose_equals_sequential_convs(k1, k2, s1, s2, g1, g2, d1):
     assert torch.allclose(got, ref, atol=1e-10, rtol=0)
     assert fused.weight.shape[-1] == (k1 - 1) * d1 + 1 + (k2 - 1) * s1
     assert fused.depthwise == (g1 == c and g2 == c)
+
+
+def test_a_lone_grouped_conv_stays_grouped():
+    net = (
+        Chain(
+            [
+                nn.Conv2d(3, 8, 1),
+                nn.ReLU(),
+                nn.Conv2d(8, 8, 3, padding=1, groups=2, bias=False),
+                _bn(8, 1e-5),
+                nn.ReLU(),
+                nn.Conv2d(8, 8, 1),
+                nn.ReLU(),
+            ]
+        )
+        .double()
+        .eval()
+    )
+    a = analyze(net, "grouped", 16)
+    merged = merge(net, make_plan(a), verify_sizes=[16, 19])  # no removals: BN folds, groups stay
+    grouped = [m for m in merged.modules() if isinstance(m, nn.Conv2d) and m.groups == 2]
+    assert len(grouped) == 1 and grouped[0].weight.shape == (8, 4, 3, 3)
+    merged_all = merge(net, make_plan(a, a.removable), verify_sizes=[16])  # composed with others: dense
+    assert all(m.groups == 1 for m in merged_all.modules() if isinstance(m, nn.Conv2d))
