@@ -36,7 +36,7 @@ from dsa.costs import dtype_bytes, op_spec, segment_conv_spec
 from dsa.errors import ArtifactError, DsaError
 from dsa.graph import Analysis, Segment
 from dsa.io import atomic_write_json, read_json
-from dsa.plan import Plan, make_plan, plan_from_act_list, remove_all_plan
+from dsa.plan import Plan, remove_all_plan
 
 SCHEMA_VERSION = 1
 TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -327,24 +327,17 @@ def _per_op_times(a: Analysis, x: torch.Tensor, device: torch.device, warmup: in
 
 
 def candidate_segments(a: Analysis) -> list[tuple[Segment, bool]]:
-    """Merged segments the planner may choose, with whether an activation follows them: each block merged
-    alone (DepthShrinker granularity, ReLU6 after it), the segments of removing any single activation, and
-    those of removing everything removable."""
+    """Every merged segment the planner may choose (the merged-segment edges of its DAGs, both
+    granularities), with whether an activation follows it (True unless it came only from removing
+    everything removable), deduplicated by shape."""
+    from dsa.candidates import RooflineCosts, build_candidates
+
     out: dict[str, tuple[Segment, bool]] = {}
-    for name in a.removable:
-        for seg in make_plan(a, [name]).induced_segments(a):
-            if seg.merged:
-                out.setdefault(signature_of(seg), (seg, True))
-    blocks = a.blocks()
-    for i in range(1, len(blocks) - 1):
-        keep = [1] * len(blocks)
-        keep[i] = 0
-        try:
-            plan = plan_from_act_list(a, keep)
-        except DsaError:
-            continue
-        for seg in plan.induced_segments(a):
-            if seg.merged:
+    costs = RooflineCosts(a, "v100")  # the device does not matter: only the segments are read
+    for granularity in ("activation", "block"):
+        for edge in build_candidates(a, costs, granularity).edges:
+            seg = getattr(edge, "segment", None)
+            if seg is not None and seg.merged:
                 out.setdefault(signature_of(seg), (seg, True))
     for seg in remove_all_plan(a).induced_segments(a):
         if seg.merged:
