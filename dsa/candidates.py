@@ -43,7 +43,17 @@ from typing import Protocol
 import roofline as rl
 from dsa.costs import dtype_bytes, op_spec, segment_conv_spec
 from dsa.errors import PlanError
-from dsa.graph import LINEAR_KINDS, Analysis, Kind, Op, Segment, _cut, _make_segment, _residual_units, _Unit
+from dsa.graph import (
+    LINEAR_KINDS,
+    Analysis,
+    Kind,
+    Op,
+    ResidualUnit,
+    Segment,
+    cut_run,
+    linear_runs,
+    make_segment,
+)
 
 SEGMENT, KEEP, CUT, ENTER, ADD = "segment", "keep", "cut", "enter", "add"
 GRANULARITIES = ("activation", "block")
@@ -320,7 +330,7 @@ class _Builder:
     def edge(self, src: int, dst: int, kind: str, time_ms: float, baseline_ms: float, **kw) -> None:
         self.edges.append(Edge(len(self.edges), self.run, src, dst, kind, time_ms, baseline_ms, **kw))
 
-    def unit_ops(self, elem: str, units: Mapping[str, _Unit]) -> list[str]:
+    def unit_ops(self, elem: str, units: Mapping[str, ResidualUnit]) -> list[str]:
         if elem in units:
             u = units[elem]
             return [*u.branch, *u.skip, u.add]
@@ -328,7 +338,7 @@ class _Builder:
 
     # --- one chain: junction nodes (per layer), keep/cut edges and segment edges
     def chain(
-        self, ch: _Chain, units: Mapping[str, _Unit], layers: tuple[int, ...], tag: str
+        self, ch: _Chain, units: Mapping[str, ResidualUnit], layers: tuple[int, ...], tag: str
     ) -> tuple[dict[tuple[int, int], int], dict[tuple[int, int], int]]:
         m = len(ch.u)
         node_in: dict[tuple[int, int], int] = {}
@@ -392,9 +402,9 @@ class _Builder:
                 self.junction_in[self.run, i] = node_in[i, 0]
         return node_in, node_out
 
-    def piece(self, piece: list[str], units: Mapping[str, _Unit]):
+    def piece(self, piece: list[str], units: Mapping[str, ResidualUnit]):
         """(segment or None, time, baseline time, op ids, removed activation names), or None if invalid."""
-        pieces = _cut(self.ops, dict(units), piece, set(), 1)
+        pieces = cut_run(self.ops, dict(units), piece, set(), 1)
         if len(pieces) > 1:
             return None
         seg = None
@@ -402,7 +412,7 @@ class _Builder:
             p = pieces[0]
             if any(x in units for x in p[1:]):
                 return None  # a residual unit only first in a segment
-            seg = _make_segment(self.a, dict(units), p)
+            seg = make_segment(self.a, dict(units), p)
             if self.max_kernel is not None and max(seg.kernel) > self.max_kernel:
                 lone_linear_unit = len(p) == 1 and p[0] in units and not self._unit_acts(units[p[0]])
                 if seg.merged and not lone_linear_unit:
@@ -420,11 +430,11 @@ class _Builder:
         removes = tuple(self.ops[o].name for o in op_ids if self.ops[o].kind == Kind.ACT)
         return seg, time_ms, baseline_ms, tuple(op_ids), removes
 
-    def _unit_acts(self, unit: _Unit) -> list[str]:
+    def _unit_acts(self, unit: ResidualUnit) -> list[str]:
         return [b for b in unit.branch if self.ops[b].kind == Kind.ACT]
 
     # --- a run, with the dissolved alternative of each residual unit that has activations
-    def main_run(self, elements: list[str], units: Mapping[str, _Unit]) -> tuple[int, int]:
+    def main_run(self, elements: list[str], units: Mapping[str, ResidualUnit]) -> tuple[int, int]:
         ch = _chain(self.ops, elements)
         node_in, node_out = self.chain(ch, units, (0,), "")
         for k, e in enumerate(ch.u):
@@ -440,40 +450,10 @@ class _Builder:
         return node_in[0, 0], node_out[len(ch.u), 0]
 
 
-def _runs(a: Analysis) -> tuple[list[list[str]], dict[str, _Unit]]:
+def _runs(a: Analysis) -> tuple[list[list[str]], dict[str, ResidualUnit]]:
     """The maximal runs (every removable activation removed) and their residual units (by add id)."""
-    ops = a.ops
-    users = a.users()
     removable = {a.by_name[n].id for n in a.removable}
-    linear = {i for i, op in ops.items() if op.kind in LINEAR_KINDS} | removable
-    units = _residual_units(ops, users, linear)
-    in_unit = {i: u.add for u in units.values() for i in [*u.branch, *u.skip]}
-    elements: list[str] = []
-    elem_input: dict[str, str] = {}
-    for i, op in ops.items():
-        if i in units:
-            elements.append(i)
-            elem_input[i] = units[i].input_id
-        elif i in linear and i not in in_unit and op.inputs:
-            elements.append(i)
-            elem_input[i] = op.inputs[0]
-    elem_set = set(elements)
-    succ: dict[str, str] = {}
-    has_pred: set[str] = set()
-    for e in elements:
-        t = elem_input[e]
-        if t in elem_set and {in_unit.get(x, x) for x in users[t]} == {e}:
-            succ[t] = e
-            has_pred.add(e)
-    runs = []
-    for e in elements:
-        if e in has_pred:
-            continue
-        run = [e]
-        while run[-1] in succ:
-            run.append(succ[run[-1]])
-        runs.append(run)
-    return runs, units
+    return linear_runs(a, {i for i, op in a.ops.items() if op.kind in LINEAR_KINDS} | removable)
 
 
 def build_candidates(
@@ -512,7 +492,7 @@ def build_candidates(
     return cands
 
 
-def _block_structure(c: Candidates, b: _Builder, runs: list[list[str]], units: Mapping[str, _Unit]) -> None:
+def _block_structure(c: Candidates, b: _Builder, runs: list[list[str]], units: Mapping[str, ResidualUnit]) -> None:
     """DepthShrinker's per-block decisions, as plan_from_act_list makes them: no merge across a middle block's
     output, and a ReLU6 after it when the block is removed (edges into that junction come in two copies)."""
     a = c.analysis

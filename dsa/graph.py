@@ -631,7 +631,7 @@ def analyze(model: nn.Module, model_name: str = "", input_size: int = 224) -> An
 
 
 @dataclass
-class _Unit:
+class ResidualUnit:
     """A residual block with a linear branch and identity shortcut: x -> branch -> add(x)."""
 
     input_id: str
@@ -640,8 +640,8 @@ class _Unit:
     add: str
 
 
-def _residual_units(ops: dict[str, Op], users: dict[str, list[str]], linear: set[str]) -> dict[str, _Unit]:
-    units: dict[str, _Unit] = {}
+def residual_units(ops: dict[str, Op], users: dict[str, list[str]], linear: set[str]) -> dict[str, ResidualUnit]:
+    units: dict[str, ResidualUnit] = {}
     for add in ops.values():
         if add.kind != Kind.ADD:
             continue
@@ -668,26 +668,22 @@ def _residual_units(ops: dict[str, Op], users: dict[str, list[str]], linear: set
             expected = {branch[0], (skip[-1] if skip else add.id)}
             if first_users != expected or ops[x].shape != ops[branch_end].shape:
                 continue
-            units[add.id] = _Unit(x, branch, skip[::-1], add.id)
+            units[add.id] = ResidualUnit(x, branch, skip[::-1], add.id)
             break
     return units
 
 
-def _segments(
-    a: Analysis, removed: set[str], added_after: set[str], boundaries: set[str], max_convs_after_stride: int
-) -> list[Segment]:
+def linear_runs(
+    a: Analysis, linear: set[str], barrier_after: set[str] = frozenset()
+) -> tuple[list[list[str]], dict[str, ResidualUnit]]:
+    """Maximal chains of linear elements (op ids; a residual unit by its add id) when the ops ``linear`` are
+    linear: consecutive elements are linked through a tensor read by nothing else, and never across an op in
+    ``barrier_after`` (an added activation follows it). Returns the runs and the residual units."""
     ops = a.ops
     users = a.users()
-    act_ids = {op.name: op.id for op in ops.values() if op.kind == Kind.ACT}
-    linear = {i for i, op in ops.items() if op.kind in LINEAR_KINDS}
-    linear |= {act_ids[n] for n in removed if n in act_ids}
-    cut_after = {a.by_name[n].id for n in boundaries | added_after if n in a.by_name}
-    barrier_after = {a.by_name[n].id for n in added_after if n in a.by_name}
-    units = _residual_units(ops, users, linear)
+    units = residual_units(ops, users, linear)
     in_unit = {i: u.add for u in units.values() for i in [*u.branch, *u.skip]}
-
-    # elements: linear ops outside units, and units (keyed by their add id)
-    elements: list[str] = []
+    elements: list[str] = []  # linear ops outside units, and units (keyed by their add id)
     elem_input: dict[str, str] = {}
     for i, op in ops.items():
         if i in units:
@@ -697,41 +693,47 @@ def _segments(
             elements.append(i)
             elem_input[i] = op.inputs[0]
     elem_set = set(elements)
-
-    def consumers(t: str) -> set[str]:
-        out = set()
-        for u in users[t]:
-            out.add(in_unit.get(u, u) if u in in_unit else u)
-        return out
-
     succ: dict[str, str] = {}
     has_pred: set[str] = set()
     for e in elements:
         t = elem_input[e]
-        if t in elem_set and t not in barrier_after:
-            cons = consumers(t)
-            if cons == {e}:
-                succ[t] = e
-                has_pred.add(e)
-
-    segments: list[Segment] = []
+        if t in elem_set and t not in barrier_after and {in_unit.get(u, u) for u in users[t]} == {e}:
+            succ[t] = e
+            has_pred.add(e)
+    runs = []
     for e in elements:
         if e in has_pred:
             continue
         run = [e]
         while run[-1] in succ:
             run.append(succ[run[-1]])
-        for piece in _cut(ops, units, run, cut_after, max_convs_after_stride):
-            segments.append(_make_segment(a, units, piece))
+        runs.append(run)
+    return runs, units
+
+
+def _segments(
+    a: Analysis, removed: set[str], added_after: set[str], boundaries: set[str], max_convs_after_stride: int
+) -> list[Segment]:
+    ops = a.ops
+    act_ids = {op.name: op.id for op in ops.values() if op.kind == Kind.ACT}
+    linear = {i for i, op in ops.items() if op.kind in LINEAR_KINDS}
+    linear |= {act_ids[n] for n in removed if n in act_ids}
+    cut_after = {a.by_name[n].id for n in boundaries | added_after if n in a.by_name}
+    barrier_after = {a.by_name[n].id for n in added_after if n in a.by_name}
+    runs, units = linear_runs(a, linear, barrier_after)
+    segments: list[Segment] = []
+    for run in runs:
+        for piece in cut_run(ops, units, run, cut_after, max_convs_after_stride):
+            segments.append(make_segment(a, units, piece))
     return segments
 
 
-def _unit_convs(ops: dict[str, Op], unit: _Unit) -> list[Op]:
+def _unit_convs(ops: dict[str, Op], unit: ResidualUnit) -> list[Op]:
     return [ops[b] for b in unit.branch if ops[b].kind == Kind.CONV]
 
 
-def _cut(
-    ops: dict[str, Op], units: dict[str, _Unit], run: list[str], cut_after: set[str], max_after_stride: int
+def cut_run(
+    ops: dict[str, Op], units: dict[str, ResidualUnit], run: list[str], cut_after: set[str], max_after_stride: int
 ) -> list[list[str]]:
     pieces: list[list[str]] = []
     cur: list[str] = []
@@ -783,7 +785,7 @@ def _merged_groups(convs: list[Op], residual: bool) -> int:
     return 1
 
 
-def _make_segment(a: Analysis, units: dict[str, _Unit], piece: list[str]) -> Segment:
+def make_segment(a: Analysis, units: dict[str, ResidualUnit], piece: list[str]) -> Segment:
     ops = a.ops
     member_ids: list[str] = []
     convs: list[Op] = []
