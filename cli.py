@@ -991,6 +991,250 @@ def validate_cmd(
             )
 
 
+class Optimizer(str, Enum):
+    sgd = "sgd"
+    adamw = "adamw"
+
+
+class Split(str, Enum):
+    train = "train"
+    val = "val"
+    test = "test"
+
+
+DataOpt = Annotated[
+    str,
+    typer.Option(
+        "--data", help="elpv (the ELPV solar-cell dataset) or an ImageFolder directory with train/, val/ (and test/)."
+    ),
+]
+ImageSizeOpt = Annotated[
+    int | None, typer.Option("--image-size", min=8, help="Image resolution (default: the model's, or the run's).")
+]
+ThreadsOpt = Annotated[int | None, typer.Option(help="torch.set_num_threads (default: torch's).")]
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}%"
+
+
+def _print_train_summary(result) -> None:
+    s = result.summary
+    if not result.finished:
+        out.print(
+            f"stopped after epoch {result.epochs_done}; continue with the same options and --resume "
+            f"(checkpoint {result.run_dir / 'last.pt'})"
+        )
+        return
+    acc, bench = s["accuracy"], s.get("bench") or {}
+    splits = list(acc)
+    if s["plan"] is None:
+        scores = ", ".join(f"{k} top-1 {_pct(v['top1'])}" for k, v in acc.items())
+        speed = f"; {bench['original']['images_per_s']:.1f} images/s" if bench else ""
+        out.print(f"{s['model']} finetuned for {s['epochs']} epochs: {scores}{speed}")
+    else:
+        t = Table("network", *[f"{k} top-1" for k in splits], "images/s", title=f"{s['model']} with {s['plan']}")
+        ips = {k: f"{bench[k]['images_per_s']:.1f}" if k in bench else "-" for k in ("original", "merged")}
+        t.add_row("merge-ready", *[_pct(acc[k]["merge_ready"]["top1"]) for k in splits], "-")
+        t.add_row("merged", *[_pct(acc[k]["merged"]["top1"]) for k in splits], ips["merged"])
+        t.add_row("original (speed only)", *["-" for _ in splits], ips["original"])
+        out.print(t)
+        m = s["merge"]
+        same = "equal" if s["merged_equals_merge_ready"] else "DIFFERENT"
+        flips = sum(a["prediction_disagreements"] for a in acc.values())
+        out.print(
+            f"merged {m['convs_before']} -> {m['convs_after']} convs (max relative error "
+            f"{m['verified_max_rel_error_fp64']:.1e} float64); merged and merge-ready accuracy {same} "
+            f"({flips} predictions differ)"
+        )
+        if bench.get("speedup"):
+            out.print(
+                f"measured speed-up {bench['speedup']:.2f}x (batch {bench['batch_size']}, {bench['layout']}, "
+                f"{bench['threads']} threads, {bench['repeats']} repeats, one run)"
+            )
+        e = s["export"]
+        out.print(f"wrote {e['checkpoint']}, {e['torchscript']}" + (f", {e['onnx']}" if e.get("onnx") else ""))
+        if e.get("onnx_error"):
+            err.print(f"ONNX not written: {e['onnx_error']}")
+    out.print(f"run directory {result.run_dir}: last.pt, metrics.jsonl, result.json")
+
+
+@app.command("train")
+@_errors
+def train_cmd(
+    data: DataOpt,
+    out_dir: Annotated[
+        Path, typer.Option("--out", "-o", help="Run directory: last.pt, metrics.jsonl, result.json, merged exports.")
+    ],
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = False,
+    checkpoint: Annotated[
+        Path | None,
+        typer.Option(help="Start from these weights: a state_dict, or a plain `dsa train` run's last.pt (baseline)."),
+    ] = None,
+    plan: Annotated[
+        Path | None,
+        typer.Option(help="Finetune this plan's merge-ready network (with distillation), then merge, export, measure."),
+    ] = None,
+    epochs: Annotated[int, typer.Option(min=1)] = 10,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Images per step and process.")] = 32,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay to 0 over the run).")] = 0.01,
+    optimizer: Annotated[Optimizer, typer.Option(help="sgd (momentum 0.9) or adamw.")] = Optimizer.sgd,
+    weight_decay: Annotated[float | None, typer.Option(help="Default: 4e-5 (sgd), 0.05 (adamw).")] = None,
+    image_size: ImageSizeOpt = None,
+    distill: Annotated[
+        bool, typer.Option("--distill/--no-distill", help="With --plan: distil from the original network.")
+    ] = True,
+    kd_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the distillation loss.")] = 0.7,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 1.0,
+    amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (bfloat16 on CPU, float16 on CUDA).")] = False,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC layout (training and timing).")] = False,
+    num_workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")] = 0,
+    max_steps_per_epoch: Annotated[
+        int | None, typer.Option(min=1, help="Cut every epoch short after N steps (smoke runs).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
+    threads: ThreadsOpt = None,
+    bench_batch_size: Annotated[int, typer.Option(min=1, help="Batch of the final images/s measurement.")] = 32,
+    bench_repeats: Annotated[int, typer.Option(min=0, help="Timed runs of that measurement (0: skip it).")] = 5,
+    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="With --plan: also export ONNX.")] = True,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")] = False,
+    stop_after_epochs: Annotated[
+        int | None, typer.Option(min=1, help="End this process after N epochs (continue later with --resume).")
+    ] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Finetune a network (the baseline), or with --plan its merge-ready form with distillation, then merge,
+    export and measure it. Runs under `torchrun --nproc-per-node N` with DistributedDataParallel."""
+    import os
+
+    import torch
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from dsa.train import TrainConfig, train
+
+    if threads:
+        torch.set_num_threads(threads)
+    cfg = TrainConfig(
+        data=data,
+        out=str(out_dir),
+        model=model,
+        pretrained=pretrained,
+        checkpoint=str(checkpoint) if checkpoint else None,
+        plan=str(plan) if plan else None,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer.value,
+        weight_decay=weight_decay,
+        image_size=image_size,
+        distill=distill,
+        kd_weight=kd_weight,
+        temperature=temperature,
+        amp=amp,
+        channels_last=channels_last,
+        num_workers=num_workers,
+        seed=seed,
+        max_steps_per_epoch=max_steps_per_epoch,
+        device=device,
+        bench_batch_size=bench_batch_size,
+        bench_repeats=bench_repeats,
+        onnx=onnx,
+    )
+    main_rank = os.environ.get("RANK", "0") in ("", "0")
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=True, disable=not main_rank) as bar:
+        task = bar.add_task("preparing", total=None)
+        epochs_total = [epochs]
+
+        def on_event(event: str, info: dict) -> None:
+            if event == "setup":
+                epochs_total[0] = info["epochs"]
+                d = info["data"]
+                sizes = ", ".join(f"{k} {d[k]['images']}" for k in ("train", "val", "test") if k in d)
+                what = f"plan {info['plan']} ({info['removed']} activations removed)" if info["plan"] else "baseline"
+                err.print(
+                    f"{info['model']}, {what}, {d['name']} ({len(d['classes'])} classes: {sizes}) at "
+                    f"{d['image_size']}px; {info['world_size']} process(es) on {info['device']}; "
+                    f"{info['steps_per_epoch']} steps per epoch"
+                    + (f"; resuming after epoch {info['start_epoch']}" if info["start_epoch"] else "")
+                    + ("; distillation" if info["distill"] else "")
+                )
+            elif event == "step":
+                bar.update(
+                    task,
+                    completed=info["step"],
+                    total=info["steps"],
+                    description=f"epoch {info['epoch']}/{epochs_total[0]} loss {info['loss']:.4f}",
+                )
+            elif event == "epoch":
+                kd = "" if info["kd"] is None else f" (ce {info['ce']:.4f}, kd {info['kd']:.4f})"
+                err.print(
+                    f"epoch {info['epoch']}/{epochs_total[0]}: loss {info['loss']:.4f}{kd}, val top-1 "
+                    f"{_pct(info['val_top1'])}, {info['seconds']:.1f} s ({info['train_images_per_s']:.1f} images/s)"
+                )
+            elif event == "phase":
+                bar.update(task, completed=0, total=None, description=info["what"])
+
+        result = train(cfg, resume=resume, stop_after_epochs=stop_after_epochs, callback=on_event)
+    if result is None:  # not rank 0
+        return
+    if fmt == Format.json:
+        _emit_json(
+            {"run_dir": str(result.run_dir), "finished": result.finished, "epochs_done": result.epochs_done}
+            | result.summary
+        )
+        return
+    _print_train_summary(result)
+
+
+@app.command("eval")
+@_errors
+def eval_cmd(
+    checkpoint: Annotated[
+        Path,
+        typer.Option(help="A `dsa train` run's last.pt, a merged checkpoint (merged.pt) or a plain state_dict."),
+    ],
+    data: DataOpt,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="The model (needed for a plain state_dict).")
+    ] = None,
+    plan: Annotated[Path | None, typer.Option(help="For a state_dict of a merge-ready network: its plan.")] = None,
+    split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = Split.val,
+    image_size: ImageSizeOpt = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
+    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    threads: ThreadsOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Accuracy (top-1, and top-5 with >= 5 classes) of a trained or merged network on a dataset split."""
+    import torch
+
+    from dsa.train import evaluate_checkpoint
+
+    if threads:
+        torch.set_num_threads(threads)
+    r = evaluate_checkpoint(
+        checkpoint,
+        data,
+        model=model,
+        plan=plan,
+        split=split.value,
+        image_size=image_size,
+        batch_size=batch_size,
+        device=device,
+    )
+    if fmt == Format.json:
+        _emit_json(r)
+        return
+    top5 = "" if r["top5"] is None else f", top-5 {_pct(r['top5'])}"
+    out.print(
+        f"{r['model']} ({r['kind']} checkpoint): top-1 {_pct(r['top1'])}{top5} on {r['n']} images of "
+        f"{r['data']} {r['split']} at {r['image_size']}px"
+    )
+
+
 def main() -> None:  # pragma: no cover
     app()
 

@@ -37,3 +37,11 @@ class MergeVerificationError(MergeError):
 
 class ExportError(DsaError):
     """TorchScript or ONNX export failed or did not match."""
+
+
+class DataError(DsaError):
+    """A dataset could not be found, read or split (wrong --data, missing train/ or val/, no images)."""
+
+
+class TrainingError(DsaError):
+    """Training cannot start or continue (non-finite loss, a checkpoint that does not fit the run)."""

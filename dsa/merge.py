@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsa.errors import MergeError, MergeVerificationError
-from dsa.graph import Analysis, Kind, Op, Segment, analyze, conv_info
+from dsa.graph import Analysis, Kind, Op, Segment, analyze
 from dsa.layers import RelocatedPad, RelocatedPadConv2d, conv_spec, pad_spec
 from dsa.plan import Plan
 
@@ -521,4 +521,4 @@ def conv_count(model: nn.Module) -> int:
     return sum(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-__all__ = ["apply_plan", "merge", "verify", "compose", "fold_bn", "dense_kernel", "add_identity", "conv_info"]
+__all__ = ["apply_plan", "merge", "verify", "segment_errors", "compose", "fold_bn", "dense_kernel", "add_identity"]

@@ -18,6 +18,7 @@ device (measured ceilings on a CPU) travels with the profile so that it can be c
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import math
 import platform
@@ -32,7 +33,7 @@ import torch.fx as fx
 from torch import nn
 
 import roofline as rl
-from dsa.costs import dtype_bytes, op_spec, segment_conv_spec
+from dsa.costs import dtype_bytes, op_spec
 from dsa.errors import ArtifactError, DsaError
 from dsa.graph import Analysis, Segment
 from dsa.io import atomic_write_json, read_json
@@ -430,8 +431,8 @@ def profile_model(
             tick(f"segment {seg.members[0]}")
         nets = {"original": model}
         if plan is not None:
-            nets["merged"] = merge(model.float().to("cpu"), plan).to(dev, dtype=dtype)
-            model.to(dev, dtype=dtype, memory_format=fmt)
+            # merge a float32 CPU copy (merge verifies in float64 there), then time it like the original
+            nets["merged"] = merge(copy.deepcopy(model).float().cpu(), plan).to(dev, dtype=dtype)
         res = measure(nets, batch_size, size, device, channels_last, warmup, repeats, dtype=dtype)
         for name, t in res.items():
             lat = [1e3 * batch_size / r for r in t.runs]
@@ -525,6 +526,5 @@ __all__ = [
     "candidate_segments",
     "measured_items",
     "signature_of",
-    "segment_conv_spec",
     "default_path",
 ]

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 import roofline as rl
@@ -183,4 +182,3 @@ def test_gpu_script_dry_run_on_cpu(tmp_path):
     assert any(f.endswith("throughput_paper.json") for f in files)
     prof = load_profile(next((tmp_path / "run").glob("*_fp32_nchw.json")))
     assert prof.end_to_end["merged"]["images_per_s"] > 0
-    torch.manual_seed(0)

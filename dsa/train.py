@@ -1,0 +1,1016 @@
+"""Finetuning: the baseline, and a planned network with distillation, then merge, export and measure.
+
+:func:`train` runs one training run described by a :class:`TrainConfig`:
+
+- without a plan, an ordinary finetune of the model (the baseline);
+- with a plan, the merge-ready network (:func:`dsa.apply_plan`) is finetuned with knowledge distillation from
+  the original network (frozen, eval mode): ``kd_weight * KL(teacher || student at temperature T) * T^2 +
+  (1 - kd_weight) * CE``; at the end it is merged (:func:`dsa.merge` verifies the merge), exported (merged
+  checkpoint, TorchScript, ONNX), the merged and merge-ready networks are evaluated on the same data (their
+  accuracies must agree; both are recorded) and images/s of the original and merged networks are measured in
+  one interleaved run (:func:`dsa.bench.measure`).
+
+If the dataset has another number of classes than the model, the classifier (timm ``reset_classifier``, else the
+last ``nn.Linear``) is replaced before the plan is applied. That changes the model's fingerprint (it covers the
+classifier's output width), so the plan is checked against the original model and then re-derived for the new
+head with the same removed / added / boundary names (:func:`dsa.make_plan`); the segments are unchanged.
+
+Distributed: under ``torchrun`` (``WORLD_SIZE`` > 1) the run uses DistributedDataParallel (gloo on CPU, nccl on
+CUDA) and a DistributedSampler; ``batch_size`` is per process. Rank 0 validates, writes checkpoints and metrics,
+and does the final merge; it alone calls ``callback``.
+
+Durability: after every epoch ``RUN/last.pt`` is written atomically (model, optimizer, scheduler, grad scaler,
+epoch, sampler epoch, every rank's RNG states, the config) and a line is appended to ``RUN/metrics.jsonl``.
+``resume=True`` continues from ``RUN/last.pt`` and ends with the same weights as an uninterrupted run:
+augmentation and shuffling are pure functions of (seed, epoch, step, rank), and the RNG states are restored.
+A non-finite loss (or non-finite weights at the end of an epoch) raises :class:`TrainingError` before anything
+is saved, so the last checkpoint stays the last good one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from torch.utils.data.distributed import DistributedSampler
+
+from dsa.data import DataBundle, dataset_classes, flip_generator, load_data, prepare_batch
+from dsa.errors import ArtifactError, DataError, ExportError, ModelError, PlanError, TrainingError
+from dsa.io import atomic_torch_save, atomic_write_json
+from dsa.models import DEFAULT_MODEL, create_model, input_size
+
+CHECKPOINT_KIND = "dsa.train"
+CHECKPOINT_SCHEMA_VERSION = 1
+CHECKPOINT_NAME = "last.pt"
+METRICS_NAME = "metrics.jsonl"
+RESULT_NAME = "result.json"
+OPTIMIZERS = ("sgd", "adamw")
+DEFAULT_WEIGHT_DECAY = {"sgd": 4e-5, "adamw": 0.05}
+
+Callback = Callable[[str, dict], None]
+
+# config fields that may change between a run and its resumption (they do not change the weights)
+_RESUMABLE_CHANGES = frozenset({"out", "num_workers", "bench_batch_size", "bench_repeats", "onnx", "eval_batch_size"})
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One training run. ``batch_size`` is per process; ``image_size`` None means the model's default."""
+
+    data: str
+    out: str
+    model: str = DEFAULT_MODEL
+    pretrained: bool = False
+    checkpoint: str | None = None
+    plan: str | None = None
+    epochs: int = 10
+    batch_size: int = 32
+    lr: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float | None = None  # None: 4e-5 for SGD, 0.05 for AdamW
+    image_size: int | None = None
+    distill: bool = True
+    kd_weight: float = 0.7
+    temperature: float = 1.0
+    amp: bool = False
+    channels_last: bool = False
+    num_workers: int = 0
+    seed: int = 0
+    max_steps_per_epoch: int | None = None
+    device: str = "auto"
+    eval_batch_size: int = 64
+    bench_batch_size: int = 32
+    bench_repeats: int = 5
+    onnx: bool = True
+
+    def validated(self) -> TrainConfig:
+        """A copy with defaults resolved; raises :class:`TrainingError` naming a bad field."""
+        checks = [
+            (self.epochs >= 1, "epochs must be >= 1"),
+            (self.batch_size >= 2, "batch size must be >= 2 (BatchNorm trains on batches)"),
+            (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
+            (0.0 <= self.kd_weight <= 1.0, "kd-weight must lie in [0, 1]"),
+            (self.temperature > 0, "temperature must be > 0"),
+            (self.num_workers >= 0, "num-workers must be >= 0"),
+            (self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max-steps-per-epoch must be >= 1"),
+            (self.image_size is None or self.image_size >= 8, "image size must be >= 8"),
+            (self.bench_repeats >= 0 and self.bench_batch_size >= 1, "bench repeats >= 0 and bench batch >= 1"),
+            (not (self.pretrained and self.checkpoint), "give --pretrained or --checkpoint, not both"),
+        ]
+        for ok, msg in checks:
+            if not ok:
+                raise TrainingError(msg)
+        wd = DEFAULT_WEIGHT_DECAY[self.optimizer] if self.weight_decay is None else self.weight_decay
+        size = input_size(self.model) if self.image_size is None else self.image_size
+        return replace(self, weight_decay=wd, image_size=size)
+
+
+@dataclass(frozen=True)
+class Accuracy:
+    top1: float  # percent
+    top5: float | None  # percent; None with fewer than 5 classes
+    n: int
+    predictions: torch.Tensor = field(repr=False, compare=False, default_factory=lambda: torch.empty(0))
+
+    def to_json(self) -> dict:
+        return {"top1": self.top1, "top5": self.top5, "n": self.n}
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What rank 0 returns; ``summary`` is also written to ``RUN/result.json`` when the run finished."""
+
+    run_dir: Path
+    finished: bool  # False when stopped early (stop_after_epochs)
+    epochs_done: int
+    summary: dict
+
+
+# ------------------------------------------------------------------------------------------ distributed
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False  # this process initialised the process group (and destroys it)
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError as e:
+        raise TrainingError(f"environment variable {name}={raw!r} is not an integer") from e
+
+
+def _resolve_device(device: str, local_rank: int) -> torch.device:
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise TrainingError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
+    if device != "cpu":
+        raise TrainingError(f"--device must be auto, cpu or cuda[:i], got {device!r}")
+    return torch.device("cpu")
+
+
+def init_distributed(device: str = "auto") -> DistInfo:
+    """Read RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun); with WORLD_SIZE > 1 join the process group
+    (nccl on CUDA, gloo on CPU). A single process without torchrun needs nothing."""
+    world = _env_int("WORLD_SIZE", 1)
+    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    dev = _resolve_device(device, local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    owns = False
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
+        owns = True
+    if dist.is_initialized():
+        rank, world = dist.get_rank(), dist.get_world_size()
+    return DistInfo(rank, world, local, dev, owns)
+
+
+def _barrier(d: DistInfo) -> None:
+    if d.distributed:
+        dist.barrier()
+
+
+# ------------------------------------------------------------------------------------------ models
+
+
+def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """Qualified name and module of the classifier: timm's ``get_classifier()``, else the last ``nn.Linear``
+    (torchvision's ``classifier[-1]`` / ``fc``)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        head = get()
+        if isinstance(head, nn.Linear) and id(head) in names:
+            return names[id(head)], head
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = (name, m)
+    if last is None:
+        raise ModelError(
+            f"{type(model).__name__} has no nn.Linear classifier; dsa train replaces the last nn.Linear "
+            "(or timm's classifier) to fit the dataset's classes"
+        )
+    return last
+
+
+def replace_head(model: nn.Module, num_classes: int) -> bool:
+    """Give the model a fresh ``num_classes``-way classifier if it has another width; True if replaced."""
+    name, head = classifier_head(model)
+    if head.out_features == num_classes:
+        return False
+    if callable(getattr(model, "reset_classifier", None)):
+        model.reset_classifier(num_classes)
+        new_name, new = classifier_head(model)
+        if new_name == name and new.out_features == num_classes:
+            return True
+    new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
+    model.set_submodule(name, new)
+    return True
+
+
+def _read_torch(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise ArtifactError(f"{what} {path} does not exist")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for a bad file
+        raise ArtifactError(f"{what} {path} is not a readable torch file: {e}") from e
+
+
+def _state_of(obj: Any, path: Path) -> dict:
+    """The state_dict inside a loaded checkpoint (plain, {'model': ...}, {'state_dict': ...})."""
+    if isinstance(obj, dict):
+        for key in ("model", "state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelError(f"checkpoint {path} does not hold a state_dict of tensors")
+    return obj
+
+
+def _load_state(model: nn.Module, state: dict, path: Path) -> None:
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
+        raise ModelError(f"checkpoint {path} does not fit the model: {first}") from e
+    bad = result.missing_keys or result.unexpected_keys
+    if bad:
+        raise ModelError(
+            f"checkpoint {path} does not fit the model: {len(result.missing_keys)} missing and "
+            f"{len(result.unexpected_keys)} unexpected keys (e.g. {bad[0]})"
+        )
+
+
+def _load_start_weights(model: nn.Module, path: Path, num_classes: int) -> bool:
+    """Load --checkpoint (a state_dict, or a plain `dsa train` checkpoint such as the baseline's), replacing the
+    head before or after loading as the checkpoint's head width requires. Returns whether the head was replaced."""
+    ckpt = _read_torch(path, "checkpoint")
+    if isinstance(ckpt, dict) and ckpt.get("kind") == "dsa.merged":
+        raise ModelError(f"{path} is a merged checkpoint; training starts from an unmerged network (e.g. the baseline)")
+    if isinstance(ckpt, dict) and ckpt.get("kind") == CHECKPOINT_KIND and ckpt.get("plan") is not None:
+        raise ModelError(
+            f"{path} is a merge-ready training checkpoint (trained with a plan); start from a plain one "
+            "(the baseline's RUN/last.pt), or continue that run with --out RUN --resume"
+        )
+    state = _state_of(ckpt, path)
+    name, head = classifier_head(model)
+    ckpt_classes = state.get(f"{name}.weight", torch.empty(0, 0)).shape[0]
+    if ckpt_classes == num_classes:
+        replaced = replace_head(model, num_classes)
+        _load_state(model, state, path)
+    else:
+        _load_state(model, state, path)
+        replaced = replace_head(model, num_classes)
+    return replaced
+
+
+@dataclass
+class Networks:
+    student: nn.Module  # the network to train (merge-ready with a plan)
+    original: nn.Module  # the starting network (the teacher with a plan)
+    plan: Any  # the effective Plan (re-derived for a new head) or None
+    head_replaced: bool
+
+
+def build_networks(
+    model: str,
+    num_classes: int,
+    *,
+    pretrained: bool = False,
+    checkpoint: str | Path | None = None,
+    plan: str | Path | None = None,
+) -> Networks:
+    """The original network with a ``num_classes`` head (weights from ``pretrained`` / ``checkpoint``) and, with a
+    plan, its merge-ready copy. ``plan`` is checked against the model as built (before the head is replaced)."""
+    from dsa.graph import analyze
+    from dsa.merge import apply_plan
+    from dsa.plan import load_plan, make_plan
+
+    base = create_model(model, pretrained=pretrained)
+    p = load_plan(plan) if plan is not None else None
+    first_error = None
+    if p is not None:
+        try:
+            p.check(analyze(base, model, p.input_size))
+        except PlanError as e:  # retried below against the new head (a plan made for num_classes classes)
+            first_error = e
+    if checkpoint is not None:
+        replaced = _load_start_weights(base, Path(checkpoint), num_classes)
+    else:
+        replaced = replace_head(base, num_classes)
+    if p is None:
+        return Networks(base, base, None, replaced)
+    analysis = analyze(base, model, p.input_size)
+    if first_error is not None and (not replaced or p.fingerprint != analysis.fingerprint):
+        raise first_error
+    if p.fingerprint != analysis.fingerprint:
+        derived = make_plan(analysis, p.removed, p.added, p.boundaries, source=p.source)
+        p = derived.with_metadata(
+            **p.metadata,
+            derived_from={"fingerprint": p.fingerprint, "reason": f"classifier replaced for {num_classes} classes"},
+        )
+    base.eval()
+    student = apply_plan(base, p, analysis)
+    return Networks(student, base, p, replaced)
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+
+
+def _loader(ds: Dataset, batch_size: int, num_workers: int, sampler=None, drop_last: bool = False) -> DataLoader:
+    # a generator of its own: creating an iterator then never draws from the global RNG (dropout's), so a resumed
+    # run continues the global RNG exactly where the checkpoint left it
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        drop_last=drop_last,
+        persistent_workers=False,
+        generator=torch.Generator().manual_seed(0),
+    )
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+    channels_last: bool = False,
+    num_workers: int = 0,
+    mean=None,
+    std=None,
+    num_classes: int | None = None,
+) -> Accuracy:
+    """Top-1 (and top-5 with >= 5 classes) accuracy in percent of ``model`` in eval mode; the model's mode is
+    restored afterwards. Keeps the top-1 predictions (for comparing two networks on the same data)."""
+    from dsa.data import IMAGENET_MEAN, IMAGENET_STD
+
+    was_training = model.training
+    model.eval()
+    preds, labels, correct5, k = [], [], 0, num_classes
+    try:
+        for x, y in _loader(dataset, batch_size, num_workers):
+            x = prepare_batch(x, device, mean or IMAGENET_MEAN, std or IMAGENET_STD, channels_last=channels_last)
+            logits = model(x).float().cpu()
+            k = k or int(logits.shape[1])
+            preds.append(logits.argmax(1))
+            labels.append(y)
+            if k >= 5:
+                correct5 += int((logits.topk(5, 1).indices == y.view(-1, 1)).any(1).sum())
+    finally:
+        model.train(was_training)
+    if not preds:
+        raise DataError("the evaluation split is empty")
+    p, y = torch.cat(preds), torch.cat(labels)
+    n = len(y)
+    return Accuracy(100.0 * float((p == y).sum()) / n, 100.0 * correct5 / n if k >= 5 else None, n, p)
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+
+
+def _rng_state() -> dict:
+    np_state = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [str(np_state[0]), torch.from_numpy(np_state[1].astype(np.int64)), *map(_plain, np_state[2:])],
+        "python": _plain(random.getstate()),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, tuple | list):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.generic):
+        return x.item()
+    return x
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), int(pos), int(has_gauss), float(gauss)))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (1 << 32))
+    torch.manual_seed(seed)
+
+
+def load_training_checkpoint(path: str | Path) -> dict:
+    """Read and validate a `dsa train` checkpoint (``kind`` ``dsa.train``)."""
+    path = Path(path)
+    ckpt = _read_torch(path, "training checkpoint")
+    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
+        raise ArtifactError(f"{path} is not a dsa training checkpoint (field 'kind')")
+    if ckpt.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
+        raise ArtifactError(
+            f"{path}: field 'schema_version' is {ckpt.get('schema_version')!r}, this dsa reads "
+            f"{CHECKPOINT_SCHEMA_VERSION}"
+        )
+    return ckpt
+
+
+def _config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
+    now = asdict(cfg)
+    return [
+        f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]
+    ]
+
+
+def _all_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+# ------------------------------------------------------------------------------------------ the run
+
+
+class _Metrics:
+    """RUN/metrics.jsonl: one JSON object per line, appended and fsynced (rank 0 only)."""
+
+    def __init__(self, path: Path, keep_epochs_upto: int | None) -> None:
+        self.path = path
+        if keep_epochs_upto is not None and path.exists():
+            # resuming: drop lines of epochs after the checkpoint (written by the interrupted run)
+            kept = []
+            for line in path.read_text().splitlines():
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if rec.get("event") != "epoch" or rec.get("epoch", 0) <= keep_epochs_upto:
+                    kept.append(line)
+            path.write_text("".join(k + "\n" for k in kept))
+        elif keep_epochs_upto is None and path.exists():
+            path.unlink()
+
+    def write(self, rec: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """KL(teacher || student) on temperature-softened distributions, times T^2 (Hinton et al.)."""
+    t = temperature
+    return F.kl_div(
+        F.log_softmax(student_logits / t, dim=1),
+        F.log_softmax(teacher_logits / t, dim=1),
+        reduction="batchmean",
+        log_target=True,
+    ) * (t * t)
+
+
+@contextlib.contextmanager
+def _deterministic():
+    """torch.use_deterministic_algorithms(True, warn_only=True) for the run; the previous setting is restored."""
+    was = torch.are_deterministic_algorithms_enabled()
+    was_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    bench = torch.backends.cudnn.benchmark
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+        torch.backends.cudnn.benchmark = bench
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    stop_after_epochs: int | None = None,
+    callback: Callback | None = None,
+) -> TrainResult | None:
+    """Run (or with ``resume`` continue) one training run; returns the result on rank 0, None on other ranks.
+
+    ``stop_after_epochs`` ends this process after that many epochs (the run can be resumed later).
+    ``callback(event, info)`` is called on rank 0 with events ``setup``, ``step``, ``epoch``, ``phase``, ``done``.
+    """
+    cfg = config.validated()
+    d = init_distributed(cfg.device)
+    notify: Callback = callback if (callback is not None and d.main) else (lambda event, info: None)
+    try:
+        with _deterministic():
+            return _run(cfg, d, resume, stop_after_epochs, notify)
+    finally:
+        if d.owns_group and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _run(cfg: TrainConfig, d: DistInfo, resume: bool, stop_after: int | None, notify: Callback) -> TrainResult | None:
+    run_dir = Path(cfg.out)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    saved = None
+    if ckpt_path.exists():
+        if not resume:
+            raise TrainingError(
+                f"{run_dir} already holds a training checkpoint; pass --resume to continue it or choose another --out"
+            )
+        saved = load_training_checkpoint(ckpt_path)
+        diffs = _config_differences(saved["config"], cfg)
+        if diffs:
+            raise TrainingError(
+                f"cannot resume {ckpt_path}: the options differ from the run's: {', '.join(diffs)}; "
+                "rerun with the same options"
+            )
+    if cfg.plan is not None and not Path(cfg.plan).is_file():
+        raise TrainingError(f"plan {cfg.plan} does not exist")
+
+    _seed_everything(cfg.seed)
+    data = load_data(cfg.data, cfg.image_size)
+    nets = build_networks(
+        cfg.model, data.num_classes, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, plan=cfg.plan
+    )
+    plan = nets.plan
+    device = d.device
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    student = nets.student.to(device, memory_format=fmt).train()
+    teacher = None
+    if plan is not None and cfg.distill and cfg.kd_weight > 0:
+        teacher = nets.original.to(device, memory_format=fmt).eval().requires_grad_(False)
+    model = student
+    if d.distributed:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
+
+    train_set = data.split("train")
+    sampler = DistributedSampler(
+        train_set, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=False
+    )
+    if len(sampler) < cfg.batch_size:
+        raise TrainingError(
+            f"the training split has {len(sampler)} images per process, fewer than one batch of {cfg.batch_size}; "
+            "lower --batch-size"
+        )
+    loader = _loader(train_set, cfg.batch_size, cfg.num_workers, sampler=sampler, drop_last=True)
+    steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
+
+    params = [p for p in student.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
+    use_scaler = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+
+    start_epoch, global_step = 0, 0
+    if saved is not None:
+        student.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):
+            scaler.load_state_dict(saved["scaler"])
+        start_epoch, global_step = int(saved["epoch"]), int(saved["step"])
+        states = saved["rng"]
+        if saved.get("world_size") == d.world_size and d.rank < len(states):
+            _set_rng_state(states[d.rank])
+        else:
+            _set_rng_state(states[0])
+    metrics = _Metrics(run_dir / METRICS_NAME, start_epoch if saved is not None else None) if d.main else None
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+
+    notify(
+        "setup",
+        {
+            "model": cfg.model,
+            "plan": cfg.plan,
+            "removed": len(plan.removed) if plan else 0,
+            "segments": len(plan.segments) if plan else 0,
+            "head_replaced": nets.head_replaced,
+            "data": data.describe(),
+            "world_size": d.world_size,
+            "device": str(device),
+            "epochs": cfg.epochs,
+            "start_epoch": start_epoch,
+            "steps_per_epoch": steps,
+            "distill": teacher is not None,
+        },
+    )
+    epochs_done = start_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        if stop_after is not None and epochs_done - start_epoch >= stop_after:
+            break
+        sampler.set_epoch(epoch)
+        student.train()
+        t0 = time.perf_counter()
+        sums = torch.zeros(3, dtype=torch.float64)
+        lr = opt.param_groups[0]["lr"]
+        for step, (x, y) in enumerate(loader):
+            if step >= steps:
+                break
+            gen = flip_generator(cfg.seed, epoch, step, d.rank)
+            x = prepare_batch(
+                x, device, data.mean, data.std, channels_last=cfg.channels_last, flips=data.flips, generator=gen
+            )
+            y = y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
+                logits = model(x)
+                if teacher is not None:
+                    with torch.no_grad():
+                        t_logits = teacher(x)
+            ce = F.cross_entropy(logits.float(), y)
+            if teacher is not None:
+                kd = kd_loss(logits.float(), t_logits.float(), cfg.temperature)
+                loss = cfg.kd_weight * kd + (1.0 - cfg.kd_weight) * ce
+            else:
+                kd, loss = torch.zeros((), device=device), ce
+            stats = torch.stack([loss.detach(), ce.detach(), kd.detach()]).float()
+            if d.distributed:
+                dist.all_reduce(stats)  # every rank sees a non-finite loss on any rank, and stops with it
+                stats /= d.world_size
+            if not bool(torch.isfinite(stats).all()):
+                raise TrainingError(
+                    f"the loss is {float(stats[0]):g} (cross-entropy {float(stats[1]):g}, distillation "
+                    f"{float(stats[2]):g}) at epoch {epoch + 1} step {step + 1}; stopped without saving, "
+                    f"the last good checkpoint {'is ' + str(ckpt_path) if ckpt_path.exists() else 'does not exist'} "
+                    f"(epoch {epochs_done}); lower --lr (now {cfg.lr:g}) or turn off --amp"
+                )
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            global_step += 1
+            sums += stats.double().cpu()
+            notify("step", {"epoch": epoch + 1, "step": step + 1, "steps": steps, "loss": float(stats[0])})
+        if not _all_finite(student):
+            raise TrainingError(
+                f"the weights became non-finite in epoch {epoch + 1}; stopped without saving, the last good "
+                f"checkpoint is {ckpt_path if ckpt_path.exists() else 'none'} (epoch {epochs_done}); lower --lr"
+            )
+        seconds = time.perf_counter() - t0
+        rng = [None] * d.world_size
+        if d.distributed:
+            dist.all_gather_object(rng, _rng_state())
+        else:
+            rng = [_rng_state()]
+        epochs_done = epoch + 1
+        if d.main:  # validation uses no global RNG (eval mode, own loader generator): rng above stays exact
+            val = evaluate(
+                student,
+                data.split("val"),
+                batch_size=cfg.eval_batch_size,
+                device=device,
+                channels_last=cfg.channels_last,
+                num_workers=cfg.num_workers,
+                mean=data.mean,
+                std=data.std,
+                num_classes=data.num_classes,
+            )
+            atomic_torch_save(
+                {
+                    "kind": CHECKPOINT_KIND,
+                    "schema_version": CHECKPOINT_SCHEMA_VERSION,
+                    "config": asdict(cfg),
+                    "plan": plan.to_json() if plan is not None else None,
+                    "classes": list(data.classes),
+                    "num_classes": data.num_classes,
+                    "model": {k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "scaler": scaler.state_dict() if use_scaler else None,
+                    "epoch": epochs_done,
+                    "step": global_step,
+                    "sampler_epoch": epoch,
+                    "world_size": d.world_size,
+                    "rng": rng,
+                    "val": val.to_json(),
+                },
+                ckpt_path,
+            )
+            rec = {
+                "event": "epoch",
+                "epoch": epochs_done,
+                "step": global_step,
+                "loss": float(sums[0]) / steps,
+                "ce": float(sums[1]) / steps,
+                "kd": float(sums[2]) / steps if teacher is not None else None,
+                "lr": lr,
+                "val_top1": val.top1,
+                "val_top5": val.top5,
+                "seconds": seconds,
+                "train_images_per_s": steps * cfg.batch_size * d.world_size / seconds,
+            }
+            metrics.write(rec)
+            notify("epoch", rec)
+        _barrier(d)
+
+    finished = epochs_done >= cfg.epochs
+    if not d.main:
+        _barrier(d)
+        return None
+    try:
+        summary = _finish(cfg, d, nets, data, epochs_done, notify) if finished else {}
+    finally:
+        _barrier(d)
+    result = TrainResult(run_dir, finished, epochs_done, summary)
+    notify("done", {"finished": finished, "epochs_done": epochs_done, **summary})
+    return result
+
+
+def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epochs: int, notify: Callback):
+    """Rank 0 after the last epoch: evaluate; with a plan merge, export, compare and measure. Writes result.json."""
+    from dsa.bench import measure
+
+    run_dir = Path(cfg.out)
+    student = nets.student.to("cpu", memory_format=torch.contiguous_format).eval()
+    eval_kw = {
+        "batch_size": cfg.eval_batch_size,
+        "device": "cpu",
+        "num_workers": cfg.num_workers,
+        "mean": data.mean,
+        "std": data.std,
+        "num_classes": data.num_classes,
+    }
+    eval_splits = [s for s in ("val", "test") if s in data.splits]
+    summary: dict = {
+        "model": cfg.model,
+        "plan": cfg.plan,
+        "data": data.describe(),
+        "epochs": epochs,
+        "image_size": cfg.image_size,
+        "checkpoint": str(run_dir / CHECKPOINT_NAME),
+        "world_size": d.world_size,
+    }
+    plan = nets.plan
+    if plan is None:
+        notify("phase", {"what": "evaluating"})
+        summary["accuracy"] = {s: evaluate(student, data.split(s), **eval_kw).to_json() for s in eval_splits}
+        timed = {"original": nets.original}
+    else:
+        from dsa.export import save_merged, to_onnx, to_torchscript
+        from dsa.merge import conv_count, merge
+
+        notify("phase", {"what": "merging"})
+        sizes = sorted({cfg.image_size, plan.input_size})
+        merged = merge(student, verify_sizes=sizes)
+        notify("phase", {"what": "evaluating merged and merge-ready networks"})
+        acc: dict = {}
+        for s in eval_splits:
+            ready_acc = evaluate(student, data.split(s), **eval_kw)
+            merged_acc = evaluate(merged, data.split(s), **eval_kw)
+            acc[s] = {
+                "merged": merged_acc.to_json(),
+                "merge_ready": ready_acc.to_json(),
+                "prediction_disagreements": int((ready_acc.predictions != merged_acc.predictions).sum()),
+                "equal": ready_acc.top1 == merged_acc.top1,
+            }
+        summary["accuracy"] = acc
+        summary["merged_equals_merge_ready"] = all(a["equal"] for a in acc.values())
+        notify("phase", {"what": "exporting"})
+        example = torch.randn(1, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
+        merged_path = run_dir / "merged.pt"
+        save_merged(
+            merged,
+            plan,
+            merged_path,
+            model_name=cfg.model,
+            num_classes=data.num_classes,
+            classes=list(data.classes),
+            image_size=cfg.image_size,
+            verified_max_rel_error=merged.dsa_merge_error,
+            accuracy={s: a["merged"] for s, a in acc.items()},
+        )
+        ts_path = run_dir / "merged.torchscript.pt"
+        how = to_torchscript(merged, example, ts_path, plan)
+        export: dict = {"checkpoint": str(merged_path), "torchscript": str(ts_path), "torchscript_mode": how}
+        if cfg.onnx:
+            onnx_path = run_dir / "merged.onnx"
+            try:
+                export["onnxruntime_max_rel_error"] = to_onnx(merged, example, onnx_path)
+                export["onnx"] = str(onnx_path)
+            except ExportError as e:
+                export["onnx_error"] = str(e)
+        plan.save(run_dir / "plan.json")
+        summary["export"] = export
+        summary["merge"] = {
+            "convs_before": conv_count(nets.original),
+            "convs_after": conv_count(merged),
+            "verified_max_rel_error_fp64": merged.dsa_merge_error,
+            "verified_max_rel_error_model_dtype": merged.dsa_merge_error_model_dtype,
+            "verified_sizes": sizes,
+            "segments": len(plan.segments),
+            "removed_activations": len(plan.removed),
+        }
+        timed = {"original": nets.original, "merged": merged}
+    if cfg.bench_repeats > 0:
+        notify("phase", {"what": "measuring images/s"})
+        timed = {k: v.to("cpu", memory_format=torch.contiguous_format).eval() for k, v in timed.items()}
+        res = measure(
+            timed, cfg.bench_batch_size, cfg.image_size, "cpu", cfg.channels_last, warmup=2, repeats=cfg.bench_repeats
+        )
+        summary["bench"] = {
+            "device": "cpu",
+            "batch_size": cfg.bench_batch_size,
+            "input_size": cfg.image_size,
+            "layout": "channels_last" if cfg.channels_last else "NCHW",
+            "threads": torch.get_num_threads(),
+            "repeats": cfg.bench_repeats,
+            **{k: v.to_json() for k, v in res.items()},
+            "speedup": res["merged"].images_per_s / res["original"].images_per_s if "merged" in res else None,
+        }
+    atomic_write_json(run_dir / RESULT_NAME, summary)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------ eval
+
+
+@dataclass
+class LoadedModel:
+    module: nn.Module
+    kind: str  # "train" (plain), "train-merge-ready", "merged" or "state_dict"
+    model: str
+    image_size: int
+    classes: tuple[str, ...] | None
+    plan: Any = None
+
+
+def load_for_eval(
+    checkpoint: str | Path,
+    *,
+    model: str | None = None,
+    plan: str | Path | None = None,
+    num_classes: int | None = None,
+    image_size: int | None = None,
+) -> LoadedModel:
+    """Rebuild a network from a `dsa train` checkpoint (plain or merge-ready), a merged checkpoint
+    (:func:`dsa.export.save_merged`, also with a replaced head) or a plain state_dict (needs ``model``; with
+    ``plan``, it holds the merge-ready network's weights), detected by the checkpoint's ``kind`` field."""
+    from dsa.merge import apply_plan, merge
+    from dsa.plan import load_plan, plan_from_json
+
+    path = Path(checkpoint)
+    ckpt = _read_torch(path, "checkpoint")
+    kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
+    if kind == CHECKPOINT_KIND:
+        ckpt = load_training_checkpoint(path)
+        cfg = ckpt["config"]
+        name = cfg["model"]
+        if model is not None and model != name:
+            raise ModelError(f"{path} was trained as --model {name}, not {model}")
+        p = plan_from_json(ckpt["plan"], str(path)) if ckpt.get("plan") else None
+        if plan is not None:
+            given = load_plan(plan)
+            if p is None or (given.removed, given.added, given.boundaries) != (p.removed, p.added, p.boundaries):
+                raise ModelError(f"{path} was not trained with the plan {plan}; leave out --plan")
+        net = create_model(name)
+        replace_head(net, int(ckpt["num_classes"]))
+        if p is not None:
+            net = apply_plan(net, p)
+        _load_state(net, ckpt["model"], path)
+        return LoadedModel(
+            net.eval(),
+            "train-merge-ready" if p is not None else "train",
+            name,
+            image_size or int(cfg["image_size"]),
+            tuple(ckpt["classes"]),
+            p,
+        )
+    if kind == "dsa.merged":
+        from dsa.export import CHECKPOINT_SCHEMA_VERSION as MERGED_VERSION
+
+        if ckpt.get("schema_version") != MERGED_VERSION:
+            raise ArtifactError(f"{path}: field 'schema_version' is {ckpt.get('schema_version')!r}")
+        p = plan_from_json(ckpt["plan"], str(path))
+        meta = ckpt.get("metadata") or {}
+        name = meta.get("model_name", p.model)
+        if model is not None and model != name:
+            raise ModelError(f"{path} holds a merged {name}, not {model}")
+        net = create_model(name)
+        if meta.get("num_classes"):
+            replace_head(net, int(meta["num_classes"]))
+        merged = merge(net, p)
+        try:
+            merged.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as e:
+            raise ArtifactError(f"{path}: state_dict does not fit the merged {name}: {str(e).splitlines()[0]}") from e
+        classes = tuple(meta["classes"]) if meta.get("classes") else None
+        return LoadedModel(
+            merged.eval(), "merged", name, image_size or int(meta.get("image_size", p.input_size)), classes, p
+        )
+    if model is None:
+        raise ModelError(f"{path} is a plain state_dict; give --model (and --plan if it holds a merge-ready network)")
+    state = _state_of(ckpt, path)
+    net = create_model(model)
+    if num_classes is not None:
+        name, _ = classifier_head(net)
+        if f"{name}.weight" in state and state[f"{name}.weight"].shape[0] == num_classes:
+            replace_head(net, num_classes)
+    p = None
+    if plan is not None:
+        p = load_plan(plan)
+        net = apply_plan(net, p)
+    _load_state(net, state, path)
+    return LoadedModel(net.eval(), "state_dict", model, image_size or input_size(model), None, p)
+
+
+def evaluate_checkpoint(
+    checkpoint: str | Path,
+    data: str,
+    *,
+    model: str | None = None,
+    plan: str | Path | None = None,
+    split: str = "val",
+    image_size: int | None = None,
+    batch_size: int = 64,
+    device: str = "cpu",
+    num_workers: int = 0,
+) -> dict:
+    """Accuracy of a checkpoint on one split of a dataset (see :func:`load_for_eval`)."""
+    if split not in ("train", "val", "test"):
+        raise DataError(f"split must be train, val or test, got {split!r}")
+    if str(data) != "elpv" and not Path(data).is_dir():
+        raise DataError(f"--data {data}: not a known dataset name (elpv) and not an existing directory")
+    dev = _resolve_device(device, 0)
+    classes = dataset_classes(data)  # a plain state_dict may need the head width before any image is read
+    loaded = load_for_eval(checkpoint, model=model, plan=plan, num_classes=len(classes), image_size=image_size)
+    bundle = load_data(data, loaded.image_size)
+    _, head = classifier_head(loaded.module)
+    if head.out_features != bundle.num_classes:
+        raise DataError(
+            f"the network has {head.out_features} outputs but {data} has {bundle.num_classes} classes; "
+            "evaluate on the dataset it was trained on"
+        )
+    if loaded.classes is not None and tuple(loaded.classes) != tuple(bundle.classes):
+        raise DataError(f"the network was trained on classes {list(loaded.classes)}, {data} has {list(bundle.classes)}")
+    acc = evaluate(
+        loaded.module.to(dev),
+        bundle.split(split),
+        batch_size=batch_size,
+        device=dev,
+        num_workers=num_workers,
+        mean=bundle.mean,
+        std=bundle.std,
+        num_classes=bundle.num_classes,
+    )
+    return {
+        "checkpoint": str(checkpoint),
+        "kind": loaded.kind,
+        "model": loaded.model,
+        "plan_removed": len(loaded.plan.removed) if loaded.plan is not None else None,
+        "data": bundle.name,
+        "split": split,
+        "image_size": loaded.image_size,
+        "classes": list(bundle.classes),
+        **acc.to_json(),
+    }
