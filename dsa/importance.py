@@ -1,0 +1,432 @@
+"""Accuracy proxies: how much removing each activation (or merging each candidate block) costs in accuracy,
+estimated without full training. Scores are costs: higher = more harmful to remove. They feed the planner
+(`dsa plan --importance FILE`), whose file format is ``{"scores": {activation name: cost}, "default": cost}``;
+this module's files add a schema version, the method, data metadata, and per-segment (block) scores.
+
+Methods (all deterministic for a fixed seed and calibration batch):
+
+- ``linearity``: how much of an activation's input lies where it acts as the identity (ReLU: x >= 0;
+  ReLU6 / Hardtanh: 0 <= x <= 6 / -1 <= x <= 1; smooth ones: 1 - E|f(x) - x| / E|x|). Cost = 1 - linearity.
+- ``removal-kl``: KL divergence of the network's output distribution when the activation (or a whole block,
+  DepthShrinker style) is removed in the merge-ready form (padding relocation included), vs the original.
+- ``gates``: DepthShrinker's stage 1 — a learnable keep score per activation, hard top-k mask in the forward
+  pass with straight-through gradients, trained to match the original network's outputs (KD) plus a
+  latency-aware term that rewards removing where the predicted saving is large. Cost = final keep probability.
+- ``finetune``: the successors' method — for each candidate, remove it, finetune the merge-ready network a few
+  steps on the calibration data (KD from the original), and score the agreement lost on a held-out part.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from dsa.errors import DsaError
+from dsa.graph import Analysis, Op
+from dsa.io import atomic_write_json, read_json
+
+SCHEMA_VERSION = 1
+METHODS = ("linearity", "removal-kl", "gates", "finetune")
+_RANGES = {"ReLU": (0.0, math.inf), "ReLU6": (0.0, 6.0), "Hardtanh": (-1.0, 1.0)}
+
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass(frozen=True)
+class Importance:
+    method: str
+    model: str
+    fingerprint: str
+    scores: dict[str, float]  # activation name -> cost of removing it (>= 0)
+    segments: dict[str, float] = field(default_factory=dict)  # block name -> cost of merging it (DS style)
+    metadata: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "dsa.importance",
+            "method": self.method,
+            "model": self.model,
+            "fingerprint": self.fingerprint,
+            "scores": self.scores,
+            "default": 1.0,
+            "segments": self.segments,
+            "metadata": self.metadata,
+            "seconds": self.seconds,
+        }
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_json())
+
+
+def load_importance_file(path: str | Path) -> Importance:
+    d = read_json(path, "importance")
+    if not isinstance(d, dict) or d.get("kind") != "dsa.importance":
+        raise DsaError(f"importance {path}: field 'kind' must be 'dsa.importance'")
+    if d.get("schema_version") != SCHEMA_VERSION or isinstance(d.get("schema_version"), bool):
+        raise DsaError(f"importance {path}: field 'schema_version' is {d.get('schema_version')!r}")
+    if d.get("method") not in METHODS:
+        raise DsaError(f"importance {path}: field 'method' is {d.get('method')!r}; one of {', '.join(METHODS)}")
+    scores = d.get("scores")
+    if not isinstance(scores, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in scores.values()):
+        raise DsaError(f"importance {path}: field 'scores' must map activation names to numbers >= 0")
+    return Importance(
+        d["method"],
+        str(d.get("model", "")),
+        str(d.get("fingerprint", "")),
+        {k: float(v) for k, v in scores.items()},
+        dict(d.get("segments", {})),
+        dict(d.get("metadata", {})),
+        float(d.get("seconds", 0.0)),
+    )
+
+
+# ------------------------------------------------------------------------------------------ linearity
+
+
+def _site_ops(a: Analysis) -> list[Op]:
+    return [a.by_name[s.name] for s in a.activations if s.removable]
+
+
+class _ActInputs(fx.Interpreter):
+    """Runs the traced network and hands each activation's input tensor to ``sink``."""
+
+    def __init__(self, gm: fx.GraphModule, nodes: dict[str, str], sink: Callable[[str, torch.Tensor], None]):
+        super().__init__(gm)
+        self.nodes, self.sink = nodes, sink
+
+    def run_node(self, n: fx.Node):
+        if n.name in self.nodes:
+            args, _ = self.fetch_args_kwargs_from_env(n)
+            self.sink(self.nodes[n.name], args[0])
+        return super().run_node(n)
+
+
+def _linearity_of(act_type: str, x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> tuple[float, float]:
+    """(sum of per-element linearity contributions, count) for one batch."""
+    if act_type in _RANGES:
+        lo, hi = _RANGES[act_type]
+        inside = ((x >= lo) & (x <= hi)).float()
+        return float(inside.sum()), x.numel()
+    dev = (act(x) - x).abs().sum()
+    return float(x.numel() * (1.0 - dev / x.abs().sum().clamp_min(1e-12))), x.numel()
+
+
+def linearity(
+    model: nn.Module, a: Analysis, batches: Sequence[torch.Tensor], progress: Progress | None = None
+) -> Importance:
+    """Cost = 1 - share of each removable activation's input in its linear region."""
+    t0 = time.perf_counter()
+    sites = _site_ops(a)
+    gm = a.graph_module.eval()
+    modules = dict(gm.named_modules())
+    acc = {op.name: [0.0, 0] for op in sites}
+    fns: dict[str, Callable] = {}
+    hooks = []
+    node_names: dict[str, str] = {}
+    op_types = {op.name: op.module_type for op in sites}
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for op in sites:
+        node = nodes[op.node]
+        if op.id.endswith("/act"):  # timm BN+act: the activation is a submodule; hook it for its input
+            act_mod = gm.get_submodule(f"{node.target}.act")
+            fns[op.name] = act_mod
+            hooks.append(
+                act_mod.register_forward_pre_hook(
+                    lambda m, args, name=op.name: _add(acc, name, op_types[name], args[0], fns[name])
+                )
+            )
+        else:
+            node_names[op.node] = op.name
+            fns[op.name] = modules[node.target] if node.op == "call_module" else node.target
+    interp = _ActInputs(gm, node_names, lambda name, x: _add(acc, name, op_types[name], x, fns[name]))
+    try:
+        with torch.no_grad():
+            for i, x in enumerate(batches):
+                interp.run(x)
+                if progress:
+                    progress("linearity", i + 1, len(batches))
+    finally:
+        for h in hooks:
+            h.remove()
+    scores = {name: max(0.0, 1.0 - s / n) if n else 1.0 for name, (s, n) in acc.items()}
+    return Importance("linearity", a.model_name, a.fingerprint, scores, seconds=time.perf_counter() - t0)
+
+
+def _add(acc: dict, name: str, act_type: str, x: torch.Tensor, act: Callable) -> None:
+    s, n = _linearity_of(act_type, x.detach(), act)
+    acc[name][0] += s
+    acc[name][1] += n
+
+
+# ------------------------------------------------------------------------------------------ removal-kl
+
+
+def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
+    """Mean KL(p || q) of softmax distributions, per sample."""
+    return float(
+        F.kl_div(F.log_softmax(q_logits, 1), F.log_softmax(p_logits, 1), log_target=True, reduction="batchmean")
+    )
+
+
+def removal_kl(
+    model: nn.Module,
+    a: Analysis,
+    batches: Sequence[torch.Tensor],
+    blocks: bool = True,
+    progress: Progress | None = None,
+) -> Importance:
+    """KL of the output when each removable activation (and each block, DepthShrinker style) is removed in
+    the merge-ready network, against the original network."""
+    from dsa.merge import apply_plan
+    from dsa.plan import make_plan, plan_from_act_list
+
+    t0 = time.perf_counter()
+    model = model.eval()
+    with torch.no_grad():
+        ref = [model(x) for x in batches]
+
+    def kl_of(plan) -> float:
+        ready = apply_plan(model, plan, a).eval()
+        with torch.no_grad():
+            return sum(_kl(r, ready(x)) for r, x in zip(ref, batches, strict=True)) / len(batches)
+
+    names = a.removable
+    block_names = a.blocks()[1:-1] if blocks else []
+    total = len(names) + len(block_names)
+    scores = {}
+    for i, name in enumerate(names):
+        scores[name] = max(0.0, kl_of(make_plan(a, [name])))
+        if progress:
+            progress(name, i + 1, total)
+    segs = {}
+    for j, block in enumerate(block_names):
+        keep = [1] * len(a.blocks())
+        keep[a.blocks().index(block)] = 0
+        try:
+            segs[block] = max(0.0, kl_of(plan_from_act_list(a, keep)))
+        except DsaError:
+            continue
+        if progress:
+            progress(block, len(names) + j + 1, total)
+    return Importance("removal-kl", a.model_name, a.fingerprint, scores, segs, seconds=time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------ gates
+
+
+class _Gate(nn.Module):
+    """act(x) * m + x * (1 - m) with m the hard mask of this site (straight-through to its score)."""
+
+    def __init__(self, act: nn.Module, index: int, gates: _Gates) -> None:
+        super().__init__()
+        self.act, self.index = act, index
+        self.gates = [gates]  # a list: not registered as a submodule of every gate
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.gates[0].mask()[self.index]
+        return m * self.act(x) + (1 - m) * x
+
+
+class _Gates(nn.Module):
+    def __init__(self, n: int, keep: int) -> None:
+        super().__init__()
+        self.scores = nn.Parameter(torch.full((n,), 2.0))
+        self.keep = keep
+
+    def probs(self) -> torch.Tensor:
+        return torch.sigmoid(self.scores)
+
+    def mask(self) -> torch.Tensor:
+        p = self.probs()
+        hard = torch.zeros_like(p)
+        hard[torch.topk(p, self.keep).indices] = 1.0
+        return hard + p - p.detach()  # straight-through
+
+
+def _gated_copy(a: Analysis, gates: _Gates) -> fx.GraphModule:
+    gm = copy.deepcopy(a.graph_module).eval()
+    for i, op in enumerate(_site_ops(a)):
+        node = next(n for n in gm.graph.nodes if n.name == op.node)
+        if op.id.endswith("/act"):
+            target = f"{node.target}.act"
+            gm.add_submodule(target, _Gate(gm.get_submodule(target), i, gates))
+        elif node.op == "call_module":
+            name = f"dsa_gate_{i}"
+            gm.add_submodule(name, _Gate(gm.get_submodule(node.target), i, gates))
+            node.target = name
+        else:  # a functional activation: wrap the function in a module
+            fn = node.target
+            name = f"dsa_gate_{i}"
+            gm.add_submodule(name, _Gate(_Fn(fn), i, gates))
+            node.op, node.target, node.args, node.kwargs = "call_module", name, (node.args[0],), {}
+    gm.recompile()
+    return gm
+
+
+class _Fn(nn.Module):
+    def __init__(self, fn) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x)
+
+
+def gates(
+    model: nn.Module,
+    a: Analysis,
+    batches: Sequence[torch.Tensor],
+    keep_fraction: float = 0.5,
+    steps: int = 50,
+    lr: float = 0.05,
+    savings_ms: Mapping[str, float] | None = None,
+    latency_weight: float = 0.01,
+    seed: int = 0,
+    progress: Progress | None = None,
+) -> Importance:
+    """DepthShrinker's stage 1 as a proxy: learn keep scores with a hard top-k mask (straight-through) so
+    that the gated network matches the original's outputs; ``savings_ms`` (predicted time saved by removing
+    each activation) adds a term that pushes removal where the saving is large. Network weights are frozen."""
+    t0 = time.perf_counter()
+    torch.manual_seed(seed)
+    sites = _site_ops(a)
+    if not sites:
+        raise DsaError(f"{a.model_name} has no removable activation to score")
+    g = _Gates(len(sites), max(1, round(keep_fraction * len(sites))))
+    gm = _gated_copy(a, g)
+    for p in gm.parameters():
+        p.requires_grad_(False)
+    g.scores.requires_grad_(True)
+    saving = torch.tensor([float((savings_ms or {}).get(op.name, 0.0)) for op in sites])
+    if saving.max() > 0:
+        saving = saving / saving.max()
+    opt = torch.optim.Adam([g.scores], lr=lr)
+    model = model.eval()
+    with torch.no_grad():
+        ref = [model(x) for x in batches]
+    for step in range(steps):
+        x, r = batches[step % len(batches)], ref[step % len(batches)]
+        out = gm(x)
+        kd = F.kl_div(F.log_softmax(out, 1), F.log_softmax(r, 1), log_target=True, reduction="batchmean")
+        loss = kd + latency_weight * (g.probs() * saving).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if progress:
+            progress("gates", step + 1, steps)
+    probs = g.probs().detach()
+    scores = {op.name: float(p) for op, p in zip(sites, probs, strict=True)}
+    return Importance(
+        "gates",
+        a.model_name,
+        a.fingerprint,
+        scores,
+        seconds=time.perf_counter() - t0,
+        metadata={"keep": g.keep, "steps": steps, "lr": lr, "latency_weight": latency_weight},
+    )
+
+
+# ------------------------------------------------------------------------------------------ finetune
+
+
+def finetune_proxy(
+    model: nn.Module,
+    a: Analysis,
+    batches: Sequence[torch.Tensor],
+    steps: int = 10,
+    lr: float = 0.01,
+    heldout: int = 1,
+    time_budget_s: float | None = None,
+    names: Sequence[str] | None = None,
+    progress: Progress | None = None,
+) -> Importance:
+    """For each candidate activation: remove it, finetune the merge-ready network ``steps`` KD steps on the
+    first ``len(batches) - heldout`` batches, and score 1 - top-1 agreement with the original network on the
+    held-out batches (plus their KL, to break ties). Stops at ``time_budget_s``; unscored names are omitted."""
+    from dsa.merge import apply_plan
+    from dsa.plan import make_plan
+
+    if len(batches) <= heldout:
+        raise DsaError(f"finetune needs more than {heldout} calibration batches, got {len(batches)}")
+    t0 = time.perf_counter()
+    train, held = list(batches[:-heldout]), list(batches[-heldout:])
+    model = model.eval()
+    with torch.no_grad():
+        ref_train = [model(x) for x in train]
+        ref_held = [model(x) for x in held]
+    names = list(names) if names is not None else a.removable
+    scores = {}
+    for i, name in enumerate(names):
+        if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
+            break
+        ready = apply_plan(model, make_plan(a, [name]), a)
+        ready.train()
+        opt = torch.optim.SGD([p for p in ready.parameters() if p.requires_grad], lr=lr, momentum=0.9)
+        for step in range(steps):
+            x, r = train[step % len(train)], ref_train[step % len(train)]
+            loss = F.kl_div(F.log_softmax(ready(x), 1), F.log_softmax(r, 1), log_target=True, reduction="batchmean")
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        ready.eval()
+        with torch.no_grad():
+            outs = [ready(x) for x in held]
+        agree = sum(float((o.argmax(1) == r.argmax(1)).float().mean()) for o, r in zip(outs, ref_held, strict=True))
+        kl = sum(_kl(r, o) for o, r in zip(outs, ref_held, strict=True)) / len(held)
+        scores[name] = max(0.0, 1.0 - agree / len(held)) + 1e-3 * kl
+        if progress:
+            progress(name, i + 1, len(names))
+    return Importance(
+        "finetune",
+        a.model_name,
+        a.fingerprint,
+        scores,
+        seconds=time.perf_counter() - t0,
+        metadata={
+            "steps": steps,
+            "lr": lr,
+            "heldout_batches": heldout,
+            "scored": len(scores),
+            "candidates": len(names),
+        },
+    )
+
+
+def score(
+    method: str, model: nn.Module, a: Analysis, batches: Sequence[torch.Tensor], progress: Progress | None = None, **kw
+) -> Importance:
+    """Dispatch to a method by name; stamps the date."""
+    if method not in METHODS:
+        raise DsaError(f"unknown importance method {method!r}; choose one of {', '.join(METHODS)}")
+    fn = {"linearity": linearity, "removal-kl": removal_kl, "gates": gates, "finetune": finetune_proxy}[method]
+    imp = fn(model, a, batches, progress=progress, **kw)
+    meta = {
+        **imp.metadata,
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "samples": sum(int(x.shape[0]) for x in batches),
+    }
+    return Importance(imp.method, imp.model, imp.fingerprint, imp.scores, imp.segments, meta, imp.seconds)
+
+
+__all__ = [
+    "Importance",
+    "METHODS",
+    "score",
+    "linearity",
+    "removal_kl",
+    "gates",
+    "finetune_proxy",
+    "load_importance_file",
+]

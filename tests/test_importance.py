@@ -1,0 +1,107 @@
+"""Accuracy proxies on tiny models where the answer is known."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from dsa.graph import analyze
+from dsa.importance import METHODS, finetune_proxy, gates, linearity, load_importance_file, removal_kl, score
+
+
+class TwoSites(nn.Module):
+    """conv -> ReLU (inputs all positive: the conv has a large positive bias) -> conv -> ReLU6 (inputs saturate
+    far above 6) -> conv -> pool -> linear. Removing the first ReLU changes nothing; the second matters."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.a1 = nn.ReLU()
+        self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.a2 = nn.ReLU6()
+        self.c3 = nn.Conv2d(8, 8, 1)
+        self.fc = nn.Linear(8, 5)
+        with torch.no_grad():
+            self.c1.weight.mul_(0.01)
+            self.c1.bias.fill_(5.0)  # a1's input is ~5 > 0 everywhere: ReLU acts as the identity
+            self.c2.bias.fill_(40.0)  # a2's input is ~40: ReLU6 clips everything to 6
+            self.c3.weight.normal_(0, 1)
+
+    def forward(self, x):
+        y = self.c3(self.a2(self.c2(self.a1(self.c1(x)))))
+        return self.fc(y.mean((2, 3)))
+
+
+@pytest.fixture(scope="module")
+def two():
+    torch.manual_seed(0)
+    model = TwoSites().eval()
+    a = analyze(model, "two", 16)
+    batches = [torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    return model, a, batches
+
+
+def test_linearity_known_answers(two):
+    model, a, batches = two
+    imp = linearity(model, a, batches)
+    assert set(imp.scores) == {"a1", "a2"}
+    assert imp.scores["a1"] == pytest.approx(0.0, abs=1e-9)  # linearity 1: all inputs >= 0
+    assert imp.scores["a2"] == pytest.approx(1.0, abs=1e-9)  # every input above 6: never linear
+
+
+def test_removal_kl_known_answers(two):
+    model, a, batches = two
+    imp = removal_kl(model, a, batches, blocks=False)
+    assert imp.scores["a1"] == pytest.approx(0.0, abs=1e-6)  # removing an identity ReLU changes nothing
+    assert imp.scores["a2"] > 1e-3
+
+
+def test_gates_keep_the_saturated_activation(two):
+    model, a, batches = two
+    imp = gates(model, a, batches, keep_fraction=0.5, steps=40, lr=0.1)
+    assert imp.scores["a2"] > imp.scores["a1"]
+
+
+def test_gates_latency_term_pushes_removal_where_the_saving_is_large(two):
+    model, a, batches = two
+    plain = gates(model, a, batches, keep_fraction=0.5, steps=30, lr=0.1)
+    pushed = gates(model, a, batches, keep_fraction=0.5, steps=30, lr=0.1, savings_ms={"a1": 5.0}, latency_weight=1.0)
+    assert pushed.scores["a1"] < plain.scores["a1"]
+
+
+def test_finetune_proxy_known_answers_and_budget(two):
+    model, a, batches = two
+    imp = finetune_proxy(model, a, batches, steps=3, lr=1e-4)
+    assert imp.scores["a1"] < 1e-2 and imp.scores["a2"] >= imp.scores["a1"]
+    cut = finetune_proxy(model, a, batches, steps=3, time_budget_s=0.0)
+    assert len(cut.scores) <= 1 and cut.metadata["candidates"] == 2
+
+
+def test_scores_feed_the_planner(two, tmp_path):
+    from dsa.planner import load_importance
+
+    model, a, batches = two
+    imp = score("removal-kl", model, a, batches, blocks=False)
+    path = tmp_path / "imp.json"
+    imp.save(path)
+    scores, default = load_importance(path)  # the planner's reader
+    assert scores == imp.scores and default == 1.0
+    again = load_importance_file(path)
+    assert again.method == "removal-kl" and again.metadata["samples"] == 12
+    doc = json.loads(path.read_text())
+    assert doc["schema_version"] == 1 and doc["fingerprint"] == a.fingerprint
+    assert set(METHODS) == {"linearity", "removal-kl", "gates", "finetune"}
+
+
+def test_block_scores_on_the_tiny_mbv2():
+    from tests import tiny_models as tm
+
+    model = tm.tiny_mbv2().eval()
+    a = analyze(model, "tiny", 32)
+    batches = [torch.randn(2, 3, 32, 32)]
+    imp = removal_kl(model, a, batches, blocks=True)
+    assert set(imp.segments) <= set(a.blocks()[1:-1]) and imp.segments
+    assert all(v >= 0 for v in [*imp.scores.values(), *imp.segments.values()])
