@@ -1144,12 +1144,15 @@ def train_cmd(
     )
     main_rank = os.environ.get("RANK", "0") in ("", "0")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=True, disable=not main_rank) as bar:
-        task = bar.add_task("preparing", total=None)
-        epochs_total = [epochs]
+    # the bar starts with the run (setup event), so that bad input is one line on stderr
+    bar = Progress(*columns, console=err, transient=True, disable=not main_rank)
+    task = bar.add_task("preparing", total=None)
+    epochs_total = [epochs]
+    try:
 
         def on_event(event: str, info: dict) -> None:
             if event == "setup":
+                bar.start()
                 epochs_total[0] = info["epochs"]
                 d = info["data"]
                 sizes = ", ".join(f"{k} {d[k]['images']}" for k in ("train", "val", "test") if k in d)
@@ -1159,7 +1162,8 @@ def train_cmd(
                     f"{d['image_size']}px; {info['world_size']} process(es) on {info['device']}; "
                     f"{info['steps_per_epoch']} steps per epoch"
                     + (f"; resuming after epoch {info['start_epoch']}" if info["start_epoch"] else "")
-                    + ("; distillation" if info["distill"] else "")
+                    + ("; distillation" if info["distill"] else ""),
+                    soft_wrap=True,
                 )
             elif event == "step":
                 bar.update(
@@ -1172,12 +1176,16 @@ def train_cmd(
                 kd = "" if info["kd"] is None else f" (ce {info['ce']:.4f}, kd {info['kd']:.4f})"
                 err.print(
                     f"epoch {info['epoch']}/{epochs_total[0]}: loss {info['loss']:.4f}{kd}, val top-1 "
-                    f"{_pct(info['val_top1'])}, {info['seconds']:.1f} s ({info['train_images_per_s']:.1f} images/s)"
+                    f"{_pct(info['val_top1'])}, {info['seconds']:.1f} s ({info['train_images_per_s']:.1f} images/s)",
+                    soft_wrap=True,
                 )
             elif event == "phase":
                 bar.update(task, completed=0, total=None, description=info["what"])
 
         result = train(cfg, resume=resume, stop_after_epochs=stop_after_epochs, callback=on_event)
+    finally:
+        if bar.live.is_started:
+            bar.stop()
     if result is None:  # not rank 0
         return
     if fmt == Format.json:

@@ -6,19 +6,23 @@ Three levels of API (as Torch-Pruning's graph / criteria / driver):
 - plans: :class:`Plan`, :func:`load_plan`, :func:`make_plan`, :func:`plan_from_act_list`, and the planner
   (:func:`plan_for_target`, :func:`fastest_plan`, :class:`Planner`: the best plan for a latency target, exactly);
 - transforms: :func:`apply_plan` (merge-ready network to finetune) and :func:`merge` (one conv per segment,
-  verified numerically).
+  verified numerically);
+- training: :class:`TrainConfig` and ``dsa.train.train`` (finetune with distillation, merge, export, measure),
+  :func:`evaluate_checkpoint` (the function is not re-exported here: ``dsa.train`` stays the module).
 """
 
 from dsa._version import __version__
 from dsa.errors import (
     AnalysisError,
     ArtifactError,
+    DataError,
     DsaError,
     ExportError,
     MergeError,
     MergeVerificationError,
     ModelError,
     PlanError,
+    TrainingError,
 )
 from dsa.graph import Analysis, analyze
 from dsa.merge import apply_plan, merge
@@ -33,6 +37,7 @@ from dsa.plan import (
     remove_all_plan,
 )
 from dsa.planner import Planner, PlanResult, fastest_plan, plan_for_target
+from dsa.train import TrainConfig, TrainResult, evaluate_checkpoint, load_for_eval
 
 __all__ = [
     "__version__",
@@ -44,6 +49,8 @@ __all__ = [
     "MergeVerificationError",
     "ModelError",
     "PlanError",
+    "DataError",
+    "TrainingError",
     "Analysis",
     "analyze",
     "apply_plan",
@@ -61,4 +68,8 @@ __all__ = [
     "PlanResult",
     "fastest_plan",
     "plan_for_target",
+    "TrainConfig",
+    "TrainResult",
+    "evaluate_checkpoint",
+    "load_for_eval",
 ]

@@ -481,6 +481,7 @@ class _Metrics:
 
     def __init__(self, path: Path, keep_epochs_upto: int | None) -> None:
         self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
         if keep_epochs_upto is not None and path.exists():
             # resuming: drop lines of epochs after the checkpoint (written by the interrupted run)
             kept = []
@@ -552,22 +553,120 @@ def train(
             dist.destroy_process_group()
 
 
+def _saved_run(cfg: TrainConfig, resume: bool) -> dict | None:
+    """The checkpoint to continue (with ``resume``), after checking it belongs to this run."""
+    path = Path(cfg.out) / CHECKPOINT_NAME
+    if not path.exists():
+        return None  # --resume with nothing to resume starts the run
+    if not resume:
+        raise TrainingError(
+            f"{cfg.out} already holds a training checkpoint; pass --resume to continue it or choose another --out"
+        )
+    saved = load_training_checkpoint(path)
+    diffs = _config_differences(saved["config"], cfg)
+    if diffs:
+        raise TrainingError(
+            f"cannot resume {path}: the options differ from the run's: {', '.join(diffs)}; rerun with the same options"
+        )
+    return saved
+
+
+def _kept(path: Path, epochs_done: int) -> str:
+    if path.exists():
+        return f"the last good checkpoint {path} (epoch {epochs_done}) is kept"
+    return "no checkpoint was written yet"
+
+
+class _Loop:
+    """The state of one training process: networks, optimizer, schedule, scaler, and one step of training."""
+
+    def __init__(self, cfg: TrainConfig, d: DistInfo, nets: Networks, steps: int) -> None:
+        self.cfg, self.d = cfg, d
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.student = nets.student.to(d.device, memory_format=fmt).train()
+        self.teacher = None
+        if nets.plan is not None and cfg.distill and cfg.kd_weight > 0:
+            self.teacher = nets.original.to(d.device, memory_format=fmt).eval().requires_grad_(False)
+        self.model = self.student
+        if d.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.model = DDP(self.student, device_ids=[d.device.index] if d.device.type == "cuda" else None)
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        if cfg.optimizer == "sgd":
+            self.opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        else:
+            self.opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.CosineAnnealingLR(self.opt, T_max=cfg.epochs * steps)
+        self.use_scaler = cfg.amp and d.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.use_scaler)
+        self.amp_dtype = torch.float16 if d.device.type == "cuda" else torch.bfloat16
+        self.epoch, self.step = 0, 0  # epochs completed, optimizer steps taken
+
+    def restore(self, saved: dict) -> None:
+        self.student.load_state_dict(saved["model"])
+        self.opt.load_state_dict(saved["optimizer"])
+        self.sched.load_state_dict(saved["scheduler"])
+        if saved.get("scaler"):
+            self.scaler.load_state_dict(saved["scaler"])
+        self.epoch, self.step = int(saved["epoch"]), int(saved["step"])
+        states = saved["rng"]
+        same_world = saved.get("world_size") == self.d.world_size
+        _set_rng_state(states[self.d.rank] if same_world and self.d.rank < len(states) else states[0])
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One optimizer step; returns [loss, ce, kd] averaged over processes (non-finite: nothing is applied)."""
+        cfg = self.cfg
+        with torch.autocast(self.d.device.type, dtype=self.amp_dtype, enabled=cfg.amp):
+            logits = self.model(x)
+            if self.teacher is not None:
+                with torch.no_grad():
+                    t_logits = self.teacher(x)
+        ce = F.cross_entropy(logits.float(), y)
+        if self.teacher is not None:
+            kd = kd_loss(logits.float(), t_logits.float(), cfg.temperature)
+            loss = cfg.kd_weight * kd + (1.0 - cfg.kd_weight) * ce
+        else:
+            kd, loss = torch.zeros((), device=ce.device), ce
+        stats = torch.stack([loss.detach(), ce.detach(), kd.detach()]).float()
+        if self.d.distributed:
+            dist.all_reduce(stats)  # every rank sees a non-finite loss on any rank, and stops with it
+            stats /= self.d.world_size
+        if not bool(torch.isfinite(stats).all()):
+            return stats.cpu()
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        self.step += 1
+        return stats.cpu()
+
+    def checkpoint(self, plan: Any, data: DataBundle, rng: list, val: Accuracy) -> dict:
+        return {
+            "kind": CHECKPOINT_KIND,
+            "schema_version": CHECKPOINT_SCHEMA_VERSION,
+            "config": asdict(self.cfg),
+            "plan": plan.to_json() if plan is not None else None,
+            "classes": list(data.classes),
+            "num_classes": data.num_classes,
+            "model": {k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()},
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "scaler": self.scaler.state_dict() if self.use_scaler else None,
+            "epoch": self.epoch,
+            "step": self.step,
+            "sampler_epoch": self.epoch - 1,
+            "world_size": self.d.world_size,
+            "rng": rng,
+            "val": val.to_json(),
+        }
+
+
 def _run(cfg: TrainConfig, d: DistInfo, resume: bool, stop_after: int | None, notify: Callback) -> TrainResult | None:
     run_dir = Path(cfg.out)
     ckpt_path = run_dir / CHECKPOINT_NAME
-    saved = None
-    if ckpt_path.exists():
-        if not resume:
-            raise TrainingError(
-                f"{run_dir} already holds a training checkpoint; pass --resume to continue it or choose another --out"
-            )
-        saved = load_training_checkpoint(ckpt_path)
-        diffs = _config_differences(saved["config"], cfg)
-        if diffs:
-            raise TrainingError(
-                f"cannot resume {ckpt_path}: the options differ from the run's: {', '.join(diffs)}; "
-                "rerun with the same options"
-            )
+    saved = _saved_run(cfg, resume)
     if cfg.plan is not None and not Path(cfg.plan).is_file():
         raise TrainingError(f"plan {cfg.plan} does not exist")
 
@@ -576,23 +675,8 @@ def _run(cfg: TrainConfig, d: DistInfo, resume: bool, stop_after: int | None, no
     nets = build_networks(
         cfg.model, data.num_classes, pretrained=cfg.pretrained, checkpoint=cfg.checkpoint, plan=cfg.plan
     )
-    plan = nets.plan
-    device = d.device
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    student = nets.student.to(device, memory_format=fmt).train()
-    teacher = None
-    if plan is not None and cfg.distill and cfg.kd_weight > 0:
-        teacher = nets.original.to(device, memory_format=fmt).eval().requires_grad_(False)
-    model = student
-    if d.distributed:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        model = DDP(student, device_ids=[device.index] if device.type == "cuda" else None)
-
     train_set = data.split("train")
-    sampler = DistributedSampler(
-        train_set, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.seed, drop_last=False
-    )
+    sampler = DistributedSampler(train_set, num_replicas=d.world_size, rank=d.rank, shuffle=True, seed=cfg.seed)
     if len(sampler) < cfg.batch_size:
         raise TrainingError(
             f"the training split has {len(sampler)} images per process, fewer than one batch of {cfg.batch_size}; "
@@ -600,34 +684,13 @@ def _run(cfg: TrainConfig, d: DistInfo, resume: bool, stop_after: int | None, no
         )
     loader = _loader(train_set, cfg.batch_size, cfg.num_workers, sampler=sampler, drop_last=True)
     steps = len(loader) if cfg.max_steps_per_epoch is None else min(len(loader), cfg.max_steps_per_epoch)
-
-    params = [p for p in student.parameters() if p.requires_grad]
-    if cfg.optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    else:
-        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
-    use_scaler = cfg.amp and device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
-    amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
-
-    start_epoch, global_step = 0, 0
+    loop = _Loop(cfg, d, nets, steps)
     if saved is not None:
-        student.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["optimizer"])
-        sched.load_state_dict(saved["scheduler"])
-        if saved.get("scaler"):
-            scaler.load_state_dict(saved["scaler"])
-        start_epoch, global_step = int(saved["epoch"]), int(saved["step"])
-        states = saved["rng"]
-        if saved.get("world_size") == d.world_size and d.rank < len(states):
-            _set_rng_state(states[d.rank])
-        else:
-            _set_rng_state(states[0])
+        loop.restore(saved)
+    start_epoch = loop.epoch
     metrics = _Metrics(run_dir / METRICS_NAME, start_epoch if saved is not None else None) if d.main else None
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
 
+    plan = nets.plan
     notify(
         "setup",
         {
@@ -638,112 +701,69 @@ def _run(cfg: TrainConfig, d: DistInfo, resume: bool, stop_after: int | None, no
             "head_replaced": nets.head_replaced,
             "data": data.describe(),
             "world_size": d.world_size,
-            "device": str(device),
+            "device": str(d.device),
             "epochs": cfg.epochs,
             "start_epoch": start_epoch,
             "steps_per_epoch": steps,
-            "distill": teacher is not None,
+            "distill": loop.teacher is not None,
         },
     )
-    epochs_done = start_epoch
     for epoch in range(start_epoch, cfg.epochs):
-        if stop_after is not None and epochs_done - start_epoch >= stop_after:
+        if stop_after is not None and loop.epoch - start_epoch >= stop_after:
             break
         sampler.set_epoch(epoch)
-        student.train()
+        loop.student.train()
         t0 = time.perf_counter()
         sums = torch.zeros(3, dtype=torch.float64)
-        lr = opt.param_groups[0]["lr"]
+        lr = loop.opt.param_groups[0]["lr"]
         for step, (x, y) in enumerate(loader):
             if step >= steps:
                 break
             gen = flip_generator(cfg.seed, epoch, step, d.rank)
             x = prepare_batch(
-                x, device, data.mean, data.std, channels_last=cfg.channels_last, flips=data.flips, generator=gen
+                x, d.device, data.mean, data.std, channels_last=cfg.channels_last, flips=data.flips, generator=gen
             )
-            y = y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=cfg.amp):
-                logits = model(x)
-                if teacher is not None:
-                    with torch.no_grad():
-                        t_logits = teacher(x)
-            ce = F.cross_entropy(logits.float(), y)
-            if teacher is not None:
-                kd = kd_loss(logits.float(), t_logits.float(), cfg.temperature)
-                loss = cfg.kd_weight * kd + (1.0 - cfg.kd_weight) * ce
-            else:
-                kd, loss = torch.zeros((), device=device), ce
-            stats = torch.stack([loss.detach(), ce.detach(), kd.detach()]).float()
-            if d.distributed:
-                dist.all_reduce(stats)  # every rank sees a non-finite loss on any rank, and stops with it
-                stats /= d.world_size
+            stats = loop.train_step(x, y.to(d.device, non_blocking=True))
             if not bool(torch.isfinite(stats).all()):
                 raise TrainingError(
                     f"the loss is {float(stats[0]):g} (cross-entropy {float(stats[1]):g}, distillation "
-                    f"{float(stats[2]):g}) at epoch {epoch + 1} step {step + 1}; stopped without saving, "
-                    f"the last good checkpoint {'is ' + str(ckpt_path) if ckpt_path.exists() else 'does not exist'} "
-                    f"(epoch {epochs_done}); lower --lr (now {cfg.lr:g}) or turn off --amp"
+                    f"{float(stats[2]):g}) at epoch {epoch + 1} step {step + 1}; the run stopped without saving, "
+                    f"{_kept(ckpt_path, loop.epoch)}; lower --lr (now {cfg.lr:g}) or turn off --amp"
                 )
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            global_step += 1
-            sums += stats.double().cpu()
+            sums += stats.double()
             notify("step", {"epoch": epoch + 1, "step": step + 1, "steps": steps, "loss": float(stats[0])})
-        if not _all_finite(student):
+        if not _all_finite(loop.student):
             raise TrainingError(
-                f"the weights became non-finite in epoch {epoch + 1}; stopped without saving, the last good "
-                f"checkpoint is {ckpt_path if ckpt_path.exists() else 'none'} (epoch {epochs_done}); lower --lr"
+                f"the weights became non-finite in epoch {epoch + 1}; the run stopped without saving, "
+                f"{_kept(ckpt_path, loop.epoch)}; lower --lr (now {cfg.lr:g})"
             )
         seconds = time.perf_counter() - t0
+        loop.epoch = epoch + 1
         rng = [None] * d.world_size
         if d.distributed:
             dist.all_gather_object(rng, _rng_state())
         else:
             rng = [_rng_state()]
-        epochs_done = epoch + 1
-        if d.main:  # validation uses no global RNG (eval mode, own loader generator): rng above stays exact
+        if d.main:  # validation draws nothing from the global RNG (eval mode, own loader generator)
             val = evaluate(
-                student,
+                loop.student,
                 data.split("val"),
                 batch_size=cfg.eval_batch_size,
-                device=device,
+                device=d.device,
                 channels_last=cfg.channels_last,
                 num_workers=cfg.num_workers,
                 mean=data.mean,
                 std=data.std,
                 num_classes=data.num_classes,
             )
-            atomic_torch_save(
-                {
-                    "kind": CHECKPOINT_KIND,
-                    "schema_version": CHECKPOINT_SCHEMA_VERSION,
-                    "config": asdict(cfg),
-                    "plan": plan.to_json() if plan is not None else None,
-                    "classes": list(data.classes),
-                    "num_classes": data.num_classes,
-                    "model": {k: v.detach().cpu().clone() for k, v in student.state_dict().items()},
-                    "optimizer": opt.state_dict(),
-                    "scheduler": sched.state_dict(),
-                    "scaler": scaler.state_dict() if use_scaler else None,
-                    "epoch": epochs_done,
-                    "step": global_step,
-                    "sampler_epoch": epoch,
-                    "world_size": d.world_size,
-                    "rng": rng,
-                    "val": val.to_json(),
-                },
-                ckpt_path,
-            )
+            atomic_torch_save(loop.checkpoint(plan, data, rng, val), ckpt_path)
             rec = {
                 "event": "epoch",
-                "epoch": epochs_done,
-                "step": global_step,
+                "epoch": loop.epoch,
+                "step": loop.step,
                 "loss": float(sums[0]) / steps,
                 "ce": float(sums[1]) / steps,
-                "kd": float(sums[2]) / steps if teacher is not None else None,
+                "kd": float(sums[2]) / steps if loop.teacher is not None else None,
                 "lr": lr,
                 "val_top1": val.top1,
                 "val_top5": val.top5,
@@ -754,17 +774,16 @@ def _run(cfg: TrainConfig, d: DistInfo, resume: bool, stop_after: int | None, no
             notify("epoch", rec)
         _barrier(d)
 
-    finished = epochs_done >= cfg.epochs
+    finished = loop.epoch >= cfg.epochs
     if not d.main:
         _barrier(d)
         return None
     try:
-        summary = _finish(cfg, d, nets, data, epochs_done, notify) if finished else {}
+        summary = _finish(cfg, d, nets, data, loop.epoch, notify) if finished else {}
     finally:
         _barrier(d)
-    result = TrainResult(run_dir, finished, epochs_done, summary)
-    notify("done", {"finished": finished, "epochs_done": epochs_done, **summary})
-    return result
+    notify("done", {"finished": finished, "epochs_done": loop.epoch, **summary})
+    return TrainResult(run_dir, finished, loop.epoch, summary)
 
 
 def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epochs: int, notify: Callback):
@@ -772,10 +791,11 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
     from dsa.bench import measure
 
     run_dir = Path(cfg.out)
-    student = nets.student.to("cpu", memory_format=torch.contiguous_format).eval()
+    dev = d.device
+    student = nets.student.to(dev, memory_format=torch.contiguous_format).eval()
     eval_kw = {
         "batch_size": cfg.eval_batch_size,
-        "device": "cpu",
+        "device": dev,
         "num_workers": cfg.num_workers,
         "mean": data.mean,
         "std": data.std,
@@ -802,7 +822,9 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
 
         notify("phase", {"what": "merging"})
         sizes = sorted({cfg.image_size, plan.input_size})
-        merged = merge(student, verify_sizes=sizes)
+        # merge on the CPU (it verifies there, in float64), evaluate both networks on the training device
+        merged = merge(student.cpu(), verify_sizes=sizes).requires_grad_(False)
+        student, merged = student.to(dev), merged.to(dev)
         notify("phase", {"what": "evaluating merged and merge-ready networks"})
         acc: dict = {}
         for s in eval_splits:
@@ -817,6 +839,7 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
         summary["accuracy"] = acc
         summary["merged_equals_merge_ready"] = all(a["equal"] for a in acc.values())
         notify("phase", {"what": "exporting"})
+        merged = merged.cpu()  # exports are made and checked on the CPU
         example = torch.randn(1, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
         merged_path = run_dir / "merged.pt"
         save_merged(
@@ -854,12 +877,18 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
         timed = {"original": nets.original, "merged": merged}
     if cfg.bench_repeats > 0:
         notify("phase", {"what": "measuring images/s"})
-        timed = {k: v.to("cpu", memory_format=torch.contiguous_format).eval() for k, v in timed.items()}
+        timed = {k: v.to(dev, memory_format=torch.contiguous_format).eval() for k, v in timed.items()}
         res = measure(
-            timed, cfg.bench_batch_size, cfg.image_size, "cpu", cfg.channels_last, warmup=2, repeats=cfg.bench_repeats
+            timed,
+            cfg.bench_batch_size,
+            cfg.image_size,
+            str(dev),
+            cfg.channels_last,
+            warmup=2,
+            repeats=cfg.bench_repeats,
         )
         summary["bench"] = {
-            "device": "cpu",
+            "device": str(dev),
             "batch_size": cfg.bench_batch_size,
             "input_size": cfg.image_size,
             "layout": "channels_last" if cfg.channels_last else "NCHW",
