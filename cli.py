@@ -1243,6 +1243,69 @@ def eval_cmd(
     )
 
 
+@app.command("importance")
+@_errors
+def importance_cmd(
+    data: Annotated[str, typer.Option(help="Calibration data: an ImageFolder directory or 'elpv'.")],
+    out_path: Annotated[Path, typer.Option("--out", "-o", help="Importance file (dsa plan --importance reads it).")],
+    method: Annotated[str, typer.Option(help="linearity, removal-kl, gates or finetune.")] = "removal-kl",
+    samples: Annotated[int, typer.Option(min=2, help="Calibration images (a seeded subset of the split).")] = 64,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    image_size: Annotated[
+        int | None,
+        typer.Option("--image-size", "--input-size", min=8, help="Default: the model's or the checkpoint's."),
+    ] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    steps: Annotated[int, typer.Option(min=1, help="gates / finetune: optimisation steps.")] = 20,
+    time_budget: Annotated[float | None, typer.Option(help="finetune: stop after this many seconds.")] = None,
+    model: ModelOpt = DEFAULT_MODEL,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+) -> None:
+    """Score what removing each activation (and merging each block) costs in accuracy, without full training."""
+    from rich.progress import Progress
+
+    from dsa.errors import DsaError
+    from dsa.graph import analyze
+    from dsa.importance import METHODS, Importance, calibration_batches, score
+    from dsa.models import create_model
+    from dsa.models import input_size as default_size
+
+    if method not in METHODS:
+        raise DsaError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    if checkpoint is not None:
+        from dsa.train import load_for_eval
+
+        loaded = load_for_eval(checkpoint, model=None if model == DEFAULT_MODEL else model)
+        if loaded.kind not in ("train", "state_dict"):
+            raise DsaError(f"{checkpoint} holds a {loaded.kind} network; importance needs the original one")
+        net, name, size = loaded.module.eval(), loaded.model, image_size or loaded.image_size
+    else:
+        net, name = create_model(model, pretrained=pretrained), model
+        size = image_size or default_size(model)
+    a = analyze(net, name, size)
+    batches, meta = calibration_batches(data, size, samples, batch_size, seed)
+    kw: dict = {"steps": steps} if method in ("gates", "finetune") else {}
+    if method == "finetune" and time_budget is not None:
+        kw["time_budget_s"] = time_budget
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task(method, total=None)
+
+        def progress(what: str, i: int, n: int) -> None:
+            bar.update(task, completed=i, total=n, description=what)
+
+        imp = score(method, net, a, batches, progress=progress, **kw)
+    imp = Importance(
+        imp.method, imp.model, imp.fingerprint, imp.scores, imp.segments, {**imp.metadata, **meta}, imp.seconds
+    )
+    imp.save(out_path)
+    top = sorted(imp.scores.items(), key=lambda kv: kv[1])[:5]
+    out.print(
+        f"{method}: {len(imp.scores)} activations scored in {imp.seconds:.1f} s -> {out_path}; "
+        f"cheapest to remove: {', '.join(f'{k} ({v:.3g})' for k, v in top)}"
+    )
+
+
 def main() -> None:  # pragma: no cover
     app()
 

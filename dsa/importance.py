@@ -404,6 +404,32 @@ def finetune_proxy(
     )
 
 
+def calibration_batches(
+    data: str | Path, image_size: int, samples: int = 64, batch_size: int = 16, seed: int = 0, split: str = "train"
+) -> tuple[list[torch.Tensor], dict]:
+    """A deterministic subset of a dataset the trainer reads (ImageFolder directory or "elpv"), as normalised
+    batches: the first ``samples`` images of a seeded permutation of ``split``."""
+    from dsa.data import load_data, prepare_batch
+
+    bundle = load_data(data, image_size)
+    ds = bundle.split(split)
+    order = torch.randperm(len(ds), generator=torch.Generator().manual_seed(seed))[: min(samples, len(ds))]
+    images = torch.stack([ds[int(i)][0] for i in order])
+    batches = [
+        prepare_batch(images[i : i + batch_size], "cpu", bundle.mean, bundle.std)
+        for i in range(0, len(images), batch_size)
+    ]
+    meta = {
+        "data": str(data),
+        "split": split,
+        "samples": len(order),
+        "seed": seed,
+        "image_size": image_size,
+        "classes": list(bundle.classes),
+    }
+    return batches, meta
+
+
 def score(
     method: str, model: nn.Module, a: Analysis, batches: Sequence[torch.Tensor], progress: Progress | None = None, **kw
 ) -> Importance:

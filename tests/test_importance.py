@@ -105,3 +105,41 @@ def test_block_scores_on_the_tiny_mbv2():
     imp = removal_kl(model, a, batches, blocks=True)
     assert set(imp.segments) <= set(a.blocks()[1:-1]) and imp.segments
     assert all(v >= 0 for v in [*imp.scores.values(), *imp.segments.values()])
+
+
+def test_cli_importance_feeds_dsa_plan(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+    from tests.test_data import write_folder
+
+    data = write_folder(tmp_path / "data", classes=3, per_split={"train": 4, "val": 2})
+    out = tmp_path / "imp.json"
+    run = CliRunner().invoke
+    args = ["--model", "tests.tiny_models:tiny_mbv2", "--input-size", "32"]
+    r = run(
+        app, ["importance", "--data", str(data), "--method", "linearity", "--samples", "8", "--out", str(out), *args]
+    )
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["method"] == "linearity" and doc["metadata"]["samples"] == 8 and doc["scores"]
+    r = run(
+        app,
+        [
+            "plan",
+            *args,
+            "--gpu",
+            "v100",
+            "--target-speedup",
+            "1.2",
+            "--importance",
+            str(out),
+            "--out",
+            str(tmp_path / "p.json"),
+            "--format",
+            "json",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = run(app, ["importance", "--data", str(data), "--method", "nope", "--out", str(out), *args])
+    assert r.exit_code == 1 and r.stderr.startswith("error: unknown --method")
