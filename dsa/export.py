@@ -49,7 +49,13 @@ def load_merged(path: str | Path, pretrained: bool = False) -> nn.Module:
             f"this dsa reads {CHECKPOINT_SCHEMA_VERSION}"
         )
     plan = plan_from_json(ckpt["plan"], str(path))
-    merged = merge(create_model(plan.model, pretrained=pretrained), plan)
+    model = create_model(plan.model, pretrained=pretrained)
+    num_classes = (ckpt.get("metadata") or {}).get("num_classes")
+    if num_classes:  # finetuned with a new head (dsa train): rebuild that head before merging
+        from dsa.train import replace_head
+
+        replace_head(model, int(num_classes))
+    merged = merge(model, plan)
     try:
         merged.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:

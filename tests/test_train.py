@@ -223,6 +223,11 @@ def test_planned_run_merged_accuracy_equals_merge_ready(data: Path, plan_path: P
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(ts(x), loaded.module(x), atol=1e-5)
+    # and dsa.export.load_merged rebuilds the finetuned head too
+    from dsa.export import load_merged
+
+    with torch.no_grad():
+        assert torch.allclose(load_merged(run / "merged.pt")(x), loaded.module(x), atol=1e-6)
 
 
 @pytest.mark.parametrize("planned", [False, True], ids=["baseline-with-dropout", "planned-with-distillation"])
