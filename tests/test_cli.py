@@ -9,15 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
 
-from cli import app
 from dsa import apply_plan, load_plan
 from tests import tiny_models as tm
+from tests.cli_helpers import dsa, ok, user_error
 
 TINY = "tests.tiny_models:tiny_mbv2"
 SIZE = "32"
-runner = CliRunner()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -26,30 +24,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def dsa(*args: str):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert result.exception is None
-    return result.stdout
-
-
-def user_error(result, *fragments: str) -> str:
-    """Exit code 1, exactly one line on stderr starting with 'error:', no traceback, nothing on stdout."""
-    assert result.exit_code == 1, f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert isinstance(result.exception, SystemExit), repr(result.exception)  # not an uncaught exception
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in result.output
-    assert result.stdout == ""
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -13,9 +13,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from typer.testing import CliRunner
 
-from cli import app
 from dsa import load_plan
 from dsa.candidates import plan_ms
 from dsa.costs import evaluate
@@ -34,10 +32,10 @@ from dsa.planner import (
     solve_milp,
 )
 from tests import tiny_models as tm
+from tests.cli_helpers import dsa, ok, user_error
 
 TINY = "tests.tiny_models:tiny_mbv2"
 SIZE = 32
-runner = CliRunner()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -46,26 +44,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def dsa(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
-
-
-def user_error(result, *fragments: str) -> str:
-    assert result.exit_code == 1, f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert result.stdout == ""
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 # ------------------------------------------------------------------- MILP vs DP on random instances

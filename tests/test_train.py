@@ -13,20 +13,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from typer.testing import CliRunner
 
 import dsa.train as tr
-from cli import app
 from dsa import analyze, plan_from_act_list
 from dsa.data import MemoryDataset
 from dsa.errors import ModelError, PlanError, TrainingError
 from dsa.train import TrainConfig, build_networks, classifier_head, evaluate, kd_loss, replace_head, train
 from tests import tiny_models as tm
+from tests.cli_helpers import dsa, ok, user_error
 from tests.test_data import write_folder
 
 TINY = "tests.tiny_models:tiny_mbv2"
 ROOT = Path(__file__).resolve().parents[1]
-runner = CliRunner()
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -35,26 +33,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-def dsa(*args) -> object:
-    return runner.invoke(app, [str(a) for a in args])
-
-
-def ok(result) -> str:
-    assert result.exit_code == 0, f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    return result.stdout
-
-
-def user_error(result, *fragments: str) -> str:
-    assert result.exit_code == 1, f"exit {result.exit_code}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}"
-    assert isinstance(result.exception, SystemExit), repr(result.exception)
-    lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert result.stdout == ""
-    for f in fragments:
-        assert f in lines[0], lines[0]
-    return lines[0]
 
 
 class TinyDropout(nn.Module):
