@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from dsa.errors import DsaError
 from dsa.graph import Analysis, Op
 from dsa.io import atomic_write_json, read_json
+from dsa.train import kd_loss
 
 SCHEMA_VERSION = 1
 METHODS = ("linearity", "removal-kl", "gates", "finetune")
@@ -175,9 +175,7 @@ def _add(acc: dict, name: str, act_type: str, x: torch.Tensor, act: Callable) ->
 
 def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
     """Mean KL(p || q) of softmax distributions, per sample."""
-    return float(
-        F.kl_div(F.log_softmax(q_logits, 1), F.log_softmax(p_logits, 1), log_target=True, reduction="batchmean")
-    )
+    return float(kd_loss(q_logits, p_logits))
 
 
 def removal_kl(
@@ -319,8 +317,7 @@ def gates(
     for step in range(steps):
         x, r = batches[step % len(batches)], ref[step % len(batches)]
         out = gm(x)
-        kd = F.kl_div(F.log_softmax(out, 1), F.log_softmax(r, 1), log_target=True, reduction="batchmean")
-        loss = kd + latency_weight * (g.probs() * saving).sum()
+        loss = kd_loss(out, r) + latency_weight * (g.probs() * saving).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -376,7 +373,7 @@ def finetune_proxy(
         opt = torch.optim.SGD([p for p in ready.parameters() if p.requires_grad], lr=lr, momentum=0.9)
         for step in range(steps):
             x, r = train[step % len(train)], ref_train[step % len(train)]
-            loss = F.kl_div(F.log_softmax(ready(x), 1), F.log_softmax(r, 1), log_target=True, reduction="batchmean")
+            loss = kd_loss(ready(x), r)
             opt.zero_grad()
             loss.backward()
             opt.step()
