@@ -928,32 +928,13 @@ def plan_for_target(
     target_latency_ms: float | None = None,
     target_throughput: float | None = None,
     target_speedup: float | None = None,
-    importance: Mapping[str, float] | None = None,
-    default_cost: float = DEFAULT_ACTIVATION_COST,
-    keep: Sequence[str] = (),
-    remove: Sequence[str] = (),
-    granularity: str = "activation",
-    max_kernel: int | None = None,
-    costs: CostModel | None = None,
-    profile=None,
+    **options: Any,
 ) -> PlanResult:
     """The plan of least accuracy cost whose predicted latency meets one target: ``target_latency_ms`` (per batch
     of ``batch`` images), ``target_throughput`` (images/s) or ``target_speedup`` (over the original network).
+    ``options`` are :class:`Planner`'s keyword options (importance, keep, remove, granularity, ...).
     Raises :class:`PlanError` when the target is unreachable (saying the best achievable throughput)."""
-    planner = Planner(
-        analysis,
-        device,
-        batch,
-        precision,
-        importance=importance,
-        default_cost=default_cost,
-        keep=keep,
-        remove=remove,
-        granularity=granularity,
-        max_kernel=max_kernel,
-        costs=costs,
-        profile=profile,
-    )
+    planner = Planner(analysis, device, batch, precision, **options)
     return planner.for_target(target_latency_ms, target_throughput, target_speedup)
 
 
@@ -964,31 +945,11 @@ def fastest_plan(
     precision: str = "fp32",
     *,
     max_accuracy_cost: float | None = None,
-    importance: Mapping[str, float] | None = None,
-    default_cost: float = DEFAULT_ACTIVATION_COST,
-    keep: Sequence[str] = (),
-    remove: Sequence[str] = (),
-    granularity: str = "activation",
-    max_kernel: int | None = None,
-    costs: CostModel | None = None,
-    profile=None,
+    **options: Any,
 ) -> PlanResult:
-    """The fastest plan whose accuracy cost is at most ``max_accuracy_cost`` (the dual of plan_for_target)."""
-    planner = Planner(
-        analysis,
-        device,
-        batch,
-        precision,
-        importance=importance,
-        default_cost=default_cost,
-        keep=keep,
-        remove=remove,
-        granularity=granularity,
-        max_kernel=max_kernel,
-        costs=costs,
-        profile=profile,
-    )
-    return planner.fastest(max_accuracy_cost)
+    """The fastest plan whose accuracy cost is at most ``max_accuracy_cost`` (the dual of plan_for_target);
+    ``options`` are :class:`Planner`'s keyword options."""
+    return Planner(analysis, device, batch, precision, **options).fastest(max_accuracy_cost)
 
 
 @dataclass(frozen=True)
