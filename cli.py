@@ -724,11 +724,11 @@ def _find_profile(gpu: str, a, batch_size: int, precision: str):
         if not (Path("profiles") / gpu).is_dir():
             raise
         device = gpu  # a measured device (e.g. local-cpu) known only through its profiles
-    found = find_profile("profiles", device, a.fingerprint, batch_size, precision)
+    found = find_profile("profiles", device, a.fingerprint, batch_size, precision, input_size=a.input_size)
     if found is None:
         if device == gpu and not Path(gpu).exists() and gpu not in {d.name for d in rl.list_devices()}:
             raise rl.RooflineError(
-                f"no profile under profiles/{gpu}/ matches {a.model_name} at batch {batch_size}, "
+                f"no profile under profiles/{gpu}/ matches {a.model_name} at {a.input_size} px, batch {batch_size}, "
                 f"{precision}; run `dsa profile` or pass --profile"
             )
         return None
@@ -1258,6 +1258,22 @@ def importance_cmd(
     seed: Annotated[int, typer.Option()] = 0,
     steps: Annotated[int, typer.Option(min=1, help="gates / finetune: optimisation steps.")] = 20,
     time_budget: Annotated[float | None, typer.Option(help="finetune: stop after this many seconds.")] = None,
+    blocks: Annotated[
+        bool, typer.Option("--blocks/--no-blocks", help="Also score each block merged DepthShrinker style.")
+    ] = True,
+    keep_fraction: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="gates: share of activations the top-k mask keeps.")
+    ] = 0.5,
+    latency_weight: Annotated[
+        float, typer.Option(min=0.0, help="gates: weight of the latency term (0: accuracy only).")
+    ] = 0.01,
+    gpu: Annotated[
+        str, typer.Option("--gpu", "-g", help="gates: device whose predicted savings drive the latency term.")
+    ] = "v100",
+    profile: Annotated[
+        Path | None,
+        typer.Option("--profile", help="gates: a measured profile; its calibrated device (and, if it matches, times)."),
+    ] = None,
     model: ModelOpt = DEFAULT_MODEL,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
@@ -1285,9 +1301,15 @@ def importance_cmd(
         size = image_size or default_size(model)
     a = analyze(net, name, size)
     batches, meta = calibration_batches(data, size, samples, batch_size, seed)
-    kw: dict = {"steps": steps} if method in ("gates", "finetune") else {}
+    kw: dict = {"blocks": blocks}
+    if method in ("gates", "finetune"):
+        kw["steps"] = steps
     if method == "finetune" and time_budget is not None:
         kw["time_budget_s"] = time_budget
+    if method == "gates":
+        kw.update(keep_fraction=keep_fraction, latency_weight=latency_weight)
+        if latency_weight > 0:
+            kw["savings_ms"] = _activation_savings(a, gpu, profile)
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task(method, total=None)
 
@@ -1304,6 +1326,20 @@ def importance_cmd(
         f"{method}: {len(imp.scores)} activations scored in {imp.seconds:.1f} s -> {out_path}; "
         f"cheapest to remove: {', '.join(f'{k} ({v:.3g})' for k, v in top)}"
     )
+
+
+def _activation_savings(a, gpu: str, profile: Path | None) -> dict[str, float]:
+    """Predicted ms saved per removed activation: on the profile's calibrated device (with its measured times
+    when it was taken of this network at this size), else on ``gpu``'s roofline at batch 128, fp32."""
+    from dsa.costs import activation_savings
+
+    if profile is None:
+        return activation_savings(a, gpu, 128, "fp32")
+    from dsa.profile import load_profile
+
+    prof = load_profile(profile)
+    same = prof.matches(a.fingerprint, prof.batch_size, prof.precision, a.input_size)
+    return activation_savings(a, prof.device(), prof.batch_size, prof.precision, profile=prof if same else None)
 
 
 def main() -> None:  # pragma: no cover

@@ -133,12 +133,13 @@ class ProfileCosts(RooflineCosts):
     def __init__(self, analysis: Analysis, profile, batch: int | None = None, precision: str | None = None) -> None:
         batch = profile.batch_size if batch is None else batch
         precision = profile.precision if precision is None else precision
-        if not profile.matches(analysis.fingerprint, batch, precision):
+        if not profile.matches(analysis.fingerprint, batch, precision, analysis.input_size):
             raise PlanError(
-                f"the profile is of {profile.model} at batch {profile.batch_size}, {profile.precision} "
-                f"(fingerprint {profile.fingerprint}); the plan is for {analysis.model_name} at batch {batch}, "
-                f"{precision} (fingerprint {analysis.fingerprint}): use --batch-size {profile.batch_size} --precision "
-                f"{profile.precision} for this profile, profile this model at these settings, or drop --profile"
+                f"the profile is of {profile.model} at {profile.input_size} px, batch {profile.batch_size}, "
+                f"{profile.precision} (fingerprint {profile.fingerprint}); the plan is for {analysis.model_name} at "
+                f"{analysis.input_size} px, batch {batch}, {precision} (fingerprint {analysis.fingerprint}): use "
+                f"--input-size {profile.input_size} --batch-size {profile.batch_size} --precision {profile.precision} "
+                "for this profile, profile this model at these settings, or drop --profile"
             )
         super().__init__(analysis, profile.device(), batch, precision)
         self.profile = profile

@@ -278,11 +278,12 @@ def evaluate(
     from dsa.profile import signature_of
 
     if profile is not None:
-        if not profile.matches(a.fingerprint, batch, precision):
+        if not profile.matches(a.fingerprint, batch, precision, a.input_size):
             raise DsaError(
-                f"the profile is of {profile.model} at batch {profile.batch_size}, {profile.precision} "
-                f"(fingerprint {profile.fingerprint}); this evaluation is of {a.model_name} at batch {batch}, "
-                f"{precision} (fingerprint {a.fingerprint}): profile it with those settings, or drop --profile"
+                f"the profile is of {profile.model} at {profile.input_size} px, batch {profile.batch_size}, "
+                f"{profile.precision} (fingerprint {profile.fingerprint}); this evaluation is of {a.model_name} at "
+                f"{a.input_size} px, batch {batch}, {precision} (fingerprint {a.fingerprint}): profile it with "
+                "those settings, or drop --profile"
             )
         spec = profile.device()
     else:
@@ -330,3 +331,23 @@ def evaluate(
         tuple(b_src),
         tuple(p_src),
     )
+
+
+def activation_savings(
+    a: Analysis,
+    device: str | rl.DeviceSpec | None = "v100",
+    batch: int = 128,
+    precision: str = "fp32",
+    profile=None,
+) -> dict[str, float]:
+    """Predicted milliseconds saved by removing each removable activation on its own (negative where the
+    merged conv is slower than the pair it replaces); the latency term of the ``gates`` accuracy proxy."""
+    from dsa.plan import make_plan
+
+    base = None
+    out = {}
+    for name in a.removable:
+        ev = evaluate(a, make_plan(a, [name]), device, batch, precision, profile=profile)
+        base = ev.baseline.latency_ms if base is None else base
+        out[name] = base - ev.planned.latency_ms
+    return out

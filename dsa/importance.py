@@ -13,7 +13,11 @@ Methods (all deterministic for a fixed seed and calibration batch):
   pass with straight-through gradients, trained to match the original network's outputs (KD) plus a
   latency-aware term that rewards removing where the predicted saving is large. Cost = final keep probability.
 - ``finetune``: the successors' method — for each candidate, remove it, finetune the merge-ready network a few
-  steps on the calibration data (KD from the original), and score the agreement lost on a held-out part.
+  steps on the calibration data (KD from the original), and score the KL from the original on a held-out part.
+
+Every method scores each removable activation (``scores``, what the planner reads) and each interior block
+merged DepthShrinker style (``segments``): removal-kl and finetune measure blocks directly; linearity and
+gates sum the block's activation costs.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from torch import nn
 from dsa.errors import DsaError
 from dsa.graph import Analysis, Op
 from dsa.io import atomic_write_json, read_json
+from dsa.plan import Plan
 from dsa.train import kd_loss
 
 SCHEMA_VERSION = 1
@@ -99,6 +104,50 @@ def _site_ops(a: Analysis) -> list[Op]:
     return [a.by_name[s.name] for s in a.activations if s.removable]
 
 
+def activation_candidates(a: Analysis, names: Sequence[str] | None = None) -> dict[str, Plan]:
+    """One single-activation removal plan per removable activation (or per name in ``names``)."""
+    from dsa.plan import make_plan
+
+    names = a.removable if names is None else list(names)
+    unknown = [n for n in names if n not in a.removable]
+    if unknown:
+        raise DsaError(f"{a.model_name} has no removable activation {unknown[0]!r}; see `dsa analyze`")
+    return {name: make_plan(a, [name]) for name in names}
+
+
+def block_candidates(a: Analysis, blocks: bool | Sequence[str] = True) -> dict[str, Plan]:
+    """One DepthShrinker-style block merge per interior block (``True``), per named block, or none
+    (``False``): the block's activations removed and a ReLU6 added after its output, so it merges into one
+    conv. Blocks that cannot merge that way are skipped when all are asked for, an error when named."""
+    from dsa.plan import plan_from_act_list
+
+    if blocks is False:
+        return {}
+    all_blocks = a.blocks()
+    wanted = all_blocks[1:-1] if blocks is True else list(blocks)
+    out = {}
+    for block in wanted:
+        if block not in all_blocks[1:-1]:
+            inner = ", ".join(all_blocks[1:-1])
+            raise DsaError(f"{block!r} is not an interior block of {a.model_name}: one of {inner}")
+        keep = [1] * len(all_blocks)
+        keep[all_blocks.index(block)] = 0
+        try:
+            out[block] = plan_from_act_list(a, keep)
+        except DsaError:
+            if blocks is not True:
+                raise
+    return out
+
+
+def block_sums(a: Analysis, scores: Mapping[str, float], blocks: bool | Sequence[str] = True) -> dict[str, float]:
+    """Per-block costs of per-activation methods: the sum of the block's activation costs."""
+    if blocks is False:
+        return {}
+    wanted = a.blocks()[1:-1] if blocks is True else list(blocks)
+    return {b: sum(v for name, v in scores.items() if a.site(name).block == b) for b in wanted}
+
+
 class _ActInputs(fx.Interpreter):
     """Runs the traced network and hands each activation's input tensor to ``sink``."""
 
@@ -124,9 +173,14 @@ def _linearity_of(act_type: str, x: torch.Tensor, act: Callable[[torch.Tensor], 
 
 
 def linearity(
-    model: nn.Module, a: Analysis, batches: Sequence[torch.Tensor], progress: Progress | None = None
+    model: nn.Module,
+    a: Analysis,
+    batches: Sequence[torch.Tensor],
+    blocks: bool | Sequence[str] = True,
+    progress: Progress | None = None,
 ) -> Importance:
-    """Cost = 1 - share of each removable activation's input in its linear region."""
+    """Cost = 1 - share of each removable activation's input in its linear region; a block's cost is the sum
+    of its activations'."""
     t0 = time.perf_counter()
     sites = _site_ops(a)
     gm = a.graph_module.eval()
@@ -161,7 +215,8 @@ def linearity(
         for h in hooks:
             h.remove()
     scores = {name: max(0.0, 1.0 - s / n) if n else 1.0 for name, (s, n) in acc.items()}
-    return Importance("linearity", a.model_name, a.fingerprint, scores, seconds=time.perf_counter() - t0)
+    segs = block_sums(a, scores, blocks)
+    return Importance("linearity", a.model_name, a.fingerprint, scores, segs, seconds=time.perf_counter() - t0)
 
 
 def _add(acc: dict, name: str, act_type: str, x: torch.Tensor, act: Callable) -> None:
@@ -182,15 +237,16 @@ def removal_kl(
     model: nn.Module,
     a: Analysis,
     batches: Sequence[torch.Tensor],
-    blocks: bool = True,
+    blocks: bool | Sequence[str] = True,
+    names: Sequence[str] | None = None,
     progress: Progress | None = None,
 ) -> Importance:
-    """KL of the output when each removable activation (and each block, DepthShrinker style) is removed in
-    the merge-ready network, against the original network."""
+    """KL of the output when each removable activation (or each of ``names``), and each block DepthShrinker
+    style (or each of ``blocks``), is removed in the merge-ready network, against the original network."""
     from dsa.merge import apply_plan
-    from dsa.plan import make_plan, plan_from_act_list
 
     t0 = time.perf_counter()
+    acts, blks = activation_candidates(a, names), block_candidates(a, blocks)
     model = model.eval()
     with torch.no_grad():
         ref = [model(x) for x in batches]
@@ -200,24 +256,11 @@ def removal_kl(
         with torch.no_grad():
             return sum(_kl(r, ready(x)) for r, x in zip(ref, batches, strict=True)) / len(batches)
 
-    names = a.removable
-    block_names = a.blocks()[1:-1] if blocks else []
-    total = len(names) + len(block_names)
-    scores = {}
-    for i, name in enumerate(names):
-        scores[name] = max(0.0, kl_of(make_plan(a, [name])))
+    scores, segs = {}, {}
+    for i, (name, plan) in enumerate([*acts.items(), *blks.items()]):
+        (scores if name in acts else segs)[name] = max(0.0, kl_of(plan))
         if progress:
-            progress(name, i + 1, total)
-    segs = {}
-    for j, block in enumerate(block_names):
-        keep = [1] * len(a.blocks())
-        keep[a.blocks().index(block)] = 0
-        try:
-            segs[block] = max(0.0, kl_of(plan_from_act_list(a, keep)))
-        except DsaError:
-            continue
-        if progress:
-            progress(block, len(names) + j + 1, total)
+            progress(name, i + 1, len(acts) + len(blks))
     return Importance("removal-kl", a.model_name, a.fingerprint, scores, segs, seconds=time.perf_counter() - t0)
 
 
@@ -288,10 +331,11 @@ def gates(
     batches: Sequence[torch.Tensor],
     keep_fraction: float = 0.5,
     steps: int = 50,
-    lr: float = 0.05,
+    lr: float = 0.1,
     savings_ms: Mapping[str, float] | None = None,
     latency_weight: float = 0.01,
     seed: int = 0,
+    blocks: bool | Sequence[str] = True,
     progress: Progress | None = None,
 ) -> Importance:
     """DepthShrinker's stage 1 as a proxy: learn keep scores with a hard top-k mask (straight-through) so
@@ -310,7 +354,8 @@ def gates(
     saving = torch.tensor([float((savings_ms or {}).get(op.name, 0.0)) for op in sites])
     if saving.max() > 0:
         saving = saving / saving.max()
-    opt = torch.optim.Adam([g.scores], lr=lr)
+    with torch.no_grad():  # break the initial tie without favouring network order
+        g.scores.add_(0.01 * torch.randn(len(sites), generator=torch.Generator().manual_seed(seed)))
     model = model.eval()
     with torch.no_grad():
         ref = [model(x) for x in batches]
@@ -318,9 +363,14 @@ def gates(
         x, r = batches[step % len(batches)], ref[step % len(batches)]
         out = gm(x)
         loss = kd_loss(out, r) + latency_weight * (g.probs() * saving).sum()
-        opt.zero_grad()
+        g.scores.grad = None
         loss.backward()
-        opt.step()
+        with torch.no_grad():
+            # gradient descent normalised by the largest component, not per parameter (as Adam would): a kept
+            # gate sees only the small latency gradient (the KD gradient vanishes where the gated network equals
+            # the original), and a per-parameter normalisation would move every gate at the same full rate
+            grad = g.scores.grad
+            g.scores.sub_(lr * grad / grad.abs().max().clamp_min(1e-12))
         if progress:
             progress("gates", step + 1, steps)
     probs = g.probs().detach()
@@ -330,8 +380,15 @@ def gates(
         a.model_name,
         a.fingerprint,
         scores,
+        block_sums(a, scores, blocks),
         seconds=time.perf_counter() - t0,
-        metadata={"keep": g.keep, "steps": steps, "lr": lr, "latency_weight": latency_weight},
+        metadata={
+            "keep": g.keep,
+            "steps": steps,
+            "lr": lr,
+            "latency_weight": latency_weight,
+            "latency_term": bool(saving.max() > 0),
+        },
     )
 
 
@@ -347,28 +404,31 @@ def finetune_proxy(
     heldout: int = 1,
     time_budget_s: float | None = None,
     names: Sequence[str] | None = None,
+    blocks: bool | Sequence[str] = True,
     progress: Progress | None = None,
 ) -> Importance:
-    """For each candidate activation: remove it, finetune the merge-ready network ``steps`` KD steps on the
-    first ``len(batches) - heldout`` batches, and score 1 - top-1 agreement with the original network on the
-    held-out batches (plus their KL, to break ties). Stops at ``time_budget_s``; unscored names are omitted."""
+    """For each candidate — each removable activation (or each of ``names``), then each block merge (or each
+    of ``blocks``) — remove it, finetune the merge-ready network ``steps`` KD steps from the original on the
+    first ``len(batches) - heldout`` batches, and score the KL of its output from the original network's on the
+    held-out batches (top-1 agreement there is recorded in the metadata). Stops at ``time_budget_s``; unscored
+    candidates are omitted and counted in the metadata."""
     from dsa.merge import apply_plan
-    from dsa.plan import make_plan
 
     if len(batches) <= heldout:
         raise DsaError(f"finetune needs more than {heldout} calibration batches, got {len(batches)}")
     t0 = time.perf_counter()
+    acts, blks = activation_candidates(a, names), block_candidates(a, blocks)
     train, held = list(batches[:-heldout]), list(batches[-heldout:])
     model = model.eval()
     with torch.no_grad():
         ref_train = [model(x) for x in train]
         ref_held = [model(x) for x in held]
-    names = list(names) if names is not None else a.removable
-    scores = {}
-    for i, name in enumerate(names):
+    scores, segs, agreement = {}, {}, {}
+    candidates = [*acts.items(), *blks.items()]
+    for i, (name, plan) in enumerate(candidates):
         if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
             break
-        ready = apply_plan(model, make_plan(a, [name]), a)
+        ready = apply_plan(model, plan, a)
         ready.train()
         opt = torch.optim.SGD([p for p in ready.parameters() if p.requires_grad], lr=lr, momentum=0.9)
         for step in range(steps):
@@ -380,23 +440,26 @@ def finetune_proxy(
         ready.eval()
         with torch.no_grad():
             outs = [ready(x) for x in held]
-        agree = sum(float((o.argmax(1) == r.argmax(1)).float().mean()) for o, r in zip(outs, ref_held, strict=True))
+        agree = sum(float((o.argmax(1) == r.argmax(1)).sum()) for o, r in zip(outs, ref_held, strict=True))
+        agreement[name] = agree / sum(int(r.shape[0]) for r in ref_held)
         kl = sum(_kl(r, o) for o, r in zip(outs, ref_held, strict=True)) / len(held)
-        scores[name] = max(0.0, 1.0 - agree / len(held)) + 1e-3 * kl
+        (scores if name in acts else segs)[name] = max(0.0, kl)
         if progress:
-            progress(name, i + 1, len(names))
+            progress(name, i + 1, len(candidates))
     return Importance(
         "finetune",
         a.model_name,
         a.fingerprint,
         scores,
+        segs,
         seconds=time.perf_counter() - t0,
         metadata={
             "steps": steps,
             "lr": lr,
             "heldout_batches": heldout,
-            "scored": len(scores),
-            "candidates": len(names),
+            "scored": len(scores) + len(segs),
+            "candidates": len(candidates),
+            "heldout_top1_agreement": agreement,
         },
     )
 
@@ -452,4 +515,7 @@ __all__ = [
     "gates",
     "finetune_proxy",
     "load_importance_file",
+    "activation_candidates",
+    "block_candidates",
+    "block_sums",
 ]

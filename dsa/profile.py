@@ -133,8 +133,10 @@ class Profile:
     def save(self, path: str | Path) -> None:
         atomic_write_json(path, self.to_json())
 
-    def matches(self, fingerprint: str, batch_size: int, precision: str) -> bool:
-        return (self.fingerprint, self.batch_size, self.precision) == (fingerprint, batch_size, precision)
+    def matches(self, fingerprint: str, batch_size: int, precision: str, input_size: int | None = None) -> bool:
+        """Same network, batch and precision (and input size, when given: measured times are per shape)."""
+        same = (self.fingerprint, self.batch_size, self.precision) == (fingerprint, batch_size, precision)
+        return same and (input_size is None or input_size == self.input_size)
 
 
 def _stat(d: Any, where: str, path: str) -> Stat:
@@ -213,9 +215,15 @@ def load_profile(path: str | Path) -> Profile:
 
 
 def find_profile(
-    directory: str | Path, device: str, fingerprint: str, batch_size: int, precision: str, layout: str | None = None
+    directory: str | Path,
+    device: str,
+    fingerprint: str,
+    batch_size: int,
+    precision: str,
+    layout: str | None = None,
+    input_size: int | None = None,
 ) -> tuple[Profile, Path] | None:
-    """A profile under ``directory/<device>/`` matching the model, batch and precision (and layout)."""
+    """A profile under ``directory/<device>/`` matching the model, batch and precision (and layout, input size)."""
     folder = Path(directory) / device
     found = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
@@ -223,7 +231,7 @@ def find_profile(
             p = load_profile(path)
         except ArtifactError:
             continue
-        if p.matches(fingerprint, batch_size, precision) and (layout is None or p.layout == layout):
+        if p.matches(fingerprint, batch_size, precision, input_size) and (layout is None or p.layout == layout):
             found.append((p.layout != "nchw", not p.complete, path.name, p, path))  # prefer NCHW, complete
     return min(found)[3:] if found else None
 

@@ -17,7 +17,7 @@ from torch import nn
 import roofline as rl
 from dsa.candidates import CUT, KEEP, SEGMENT, ProfileCosts, RooflineCosts, build_candidates, plan_ms
 from dsa.costs import evaluate
-from dsa.errors import PlanError
+from dsa.errors import DsaError, PlanError
 from dsa.graph import analyze
 from dsa.plan import AddedActivation, ds_pattern_act_list, make_plan, plan_from_act_list
 from tests import tiny_models as tm
@@ -325,8 +325,15 @@ def test_profile_costs_follow_evaluate_with_the_same_profile(analyses) -> None:
         plan = make_plan(a, removed, [], boundaries)
         ev = evaluate(a, plan, None, 8, "fp32", profile=prof)
         assert cands.fixed_ms + sum(e.time_ms for e in chosen) == pytest.approx(ev.planned.latency_ms, rel=1e-9)
-    with pytest.raises(PlanError, match="use --batch-size 8 --precision fp32 for this profile"):
+    with pytest.raises(PlanError, match="--batch-size 8 --precision fp32 for this profile"):
         ProfileCosts(a, prof, batch=16)
+    # measured times are per shape: a profile taken at another input size does not apply
+    other = analyze(tm.tiny_mbv2().eval(), a.model_name, a.input_size * 2)
+    assert other.fingerprint == a.fingerprint
+    with pytest.raises(PlanError, match=f"use --input-size {a.input_size} "):
+        ProfileCosts(other, prof)
+    with pytest.raises(DsaError, match=f"at {a.input_size} px"):
+        evaluate(other, plan_from_act_list(other, [1, 1, 1, 1, 1]), None, 8, "fp32", profile=prof)
 
 
 # ------------------------------------------------------------------------------------ mobilenet_v2_140

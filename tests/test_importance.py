@@ -143,3 +143,70 @@ def test_cli_importance_feeds_dsa_plan(tmp_path):
     assert r.exit_code == 0, r.output
     r = run(app, ["importance", "--data", str(data), "--method", "nope", "--out", str(out), *args])
     assert r.exit_code == 1 and r.stderr.startswith("error: unknown --method")
+
+
+def test_every_method_scores_blocks_and_named_candidates():
+    from dsa.errors import DsaError
+    from dsa.importance import activation_candidates, block_candidates, block_sums
+    from tests import tiny_models as tm
+
+    model = tm.tiny_mbv2().eval()
+    a = analyze(model, "tiny", 32)
+    batches = [torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(3)]
+    inner = a.blocks()[1:-1]
+    lin = linearity(model, a, batches)
+    assert lin.segments == pytest.approx(block_sums(a, lin.scores))
+    for b in inner:  # a block's linearity cost is the sum of its activations'
+        members = [s.name for s in a.activations if s.block == b and s.removable]
+        assert lin.segments[b] == pytest.approx(sum(lin.scores[m] for m in members))
+    g = gates(model, a, batches, steps=12, savings_ms=dict.fromkeys(a.removable, 1.0))
+    assert set(g.segments) == set(inner)
+    # a uniform latency pull must not move every gate alike (per-parameter normalisation, as in Adam, did)
+    assert len({round(v, 6) for v in g.scores.values()}) > 1
+    ft = finetune_proxy(model, a, batches, steps=1, names=a.removable[:1], blocks=inner[:1])
+    assert set(ft.scores) == set(a.removable[:1]) and set(ft.segments) == set(inner[:1])
+    assert set(ft.metadata["heldout_top1_agreement"]) == {a.removable[0], inner[0]}
+    kl = removal_kl(model, a, batches, names=[], blocks=inner[1:2])
+    assert kl.scores == {} and set(kl.segments) == {inner[1]}
+    assert removal_kl(model, a, batches, blocks=False).segments == {}
+    with pytest.raises(DsaError, match="no removable activation 'nope'"):
+        activation_candidates(a, ["nope"])
+    with pytest.raises(DsaError, match="not an interior block"):
+        block_candidates(a, [a.blocks()[0]])
+
+
+def test_activation_savings_follow_the_cost_model():
+    from dsa.costs import activation_savings, evaluate
+    from dsa.plan import make_plan
+    from tests import tiny_models as tm
+
+    a = analyze(tm.tiny_mbv2().eval(), "tiny", 32)
+    saved = activation_savings(a, "v100", 64, "fp32")
+    assert set(saved) == set(a.removable)
+    for name in a.removable[:3]:
+        ev = evaluate(a, make_plan(a, [name]), "v100", 64, "fp32")
+        assert saved[name] == pytest.approx(ev.baseline.latency_ms - ev.planned.latency_ms)
+    assert any(v != 0 for v in saved.values())
+
+
+def test_cli_gates_use_the_device_savings(tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+    from tests.test_data import write_folder
+
+    data = write_folder(tmp_path / "data", classes=3, per_split={"train": 4, "val": 2})
+    args = ["--model", "tests.tiny_models:tiny_mbv2", "--input-size", "32", "--data", str(data), "--samples", "4"]
+    run = CliRunner().invoke
+    out = tmp_path / "g.json"
+    r = run(app, ["importance", *args, "--method", "gates", "--steps", "2", "--gpu", "a100", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["metadata"]["latency_term"] is True and doc["segments"]
+    r = run(
+        app,
+        ["importance", *args, "--method", "gates", "--latency-weight", "0", "--no-blocks", "--out", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["metadata"]["latency_term"] is False and doc["segments"] == {}

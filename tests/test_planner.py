@@ -493,7 +493,7 @@ def test_cli_plan_with_a_measured_profile(tiny, tmp_path) -> None:
             "-o",
             out,
         ),
-        "use --batch-size 16 --precision fp16 for this profile",
+        "--batch-size 16 --precision fp16 for this profile",
     )
 
 
