@@ -528,10 +528,14 @@ def merge_cmd(
     from dsa.plan import load_plan
 
     p = load_plan(plan)
-    net, a = _model_and_analysis(model, pretrained, checkpoint, p.input_size)
-    merged = merge(net, p)
+    meta: dict = {}
+    if checkpoint is not None and _is_training_checkpoint(checkpoint):
+        net, merged, p, meta = _merge_training_checkpoint(checkpoint, p, model, pretrained, plan)
+    else:
+        net, a = _model_and_analysis(model, pretrained, checkpoint, p.input_size)
+        merged = merge(net, p)
     example = torch.randn(1, 3, p.input_size, p.input_size)
-    save_merged(merged, p, out_path, verified_max_rel_error=merged.dsa_merge_error)
+    save_merged(merged, p, out_path, verified_max_rel_error=merged.dsa_merge_error, **meta)
     ts_path = out_path.with_name(out_path.stem + ".torchscript.pt")
     how = to_torchscript(merged, example, ts_path, p)
     onnx_err = to_onnx(merged, example, onnx) if onnx else None
@@ -557,6 +561,44 @@ def merge_cmd(
     out.print(f"wrote {out_path} and {ts_path} (TorchScript, {how})")
     if onnx:
         out.print(f"wrote {onnx} (onnx.checker ok; onnxruntime max relative error {onnx_err:.2e})")
+
+
+def _is_training_checkpoint(path: Path) -> bool:
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # not ours to judge here: the model loader reports unreadable files
+        return False
+    return isinstance(obj, dict) and obj.get("kind") == "dsa.train"
+
+
+def _merge_training_checkpoint(path: Path, p, model: str, pretrained: bool, plan_path: Path):
+    """Merge a `dsa train` checkpoint: a merge-ready one (trained with this plan) as it is, a plain one (e.g. a
+    finetuned baseline with a new head) by the plan, re-derived for its head as the trainer does."""
+    from dsa.errors import DsaError
+    from dsa.merge import merge
+    from dsa.train import build_networks, load_for_eval, load_training_checkpoint
+
+    if pretrained:
+        raise DsaError("give --pretrained or --checkpoint, not both")
+    loaded = load_for_eval(path, model=None if model == DEFAULT_MODEL else model)
+    ckpt = load_training_checkpoint(path)
+    if loaded.plan is not None:
+        if (loaded.plan.removed, loaded.plan.added, loaded.plan.boundaries) != (p.removed, p.added, p.boundaries):
+            raise DsaError(f"{path} was finetuned with another plan than {plan_path}; merge it with that plan")
+        original = build_networks(loaded.model, int(ckpt["num_classes"])).original
+        ready, p = loaded.module, loaded.plan
+    else:
+        nets = build_networks(loaded.model, int(ckpt["num_classes"]), checkpoint=path, plan=plan_path)
+        original, ready, p = nets.original, nets.student.eval(), nets.plan
+    meta = {
+        "model_name": loaded.model,
+        "num_classes": int(ckpt["num_classes"]),
+        "classes": list(loaded.classes or ()),
+        "image_size": loaded.image_size,
+    }
+    return original, merge(ready, verify_sizes=sorted({p.input_size, loaded.image_size})), p, meta
 
 
 @app.command("bench")

@@ -309,6 +309,30 @@ def test_cli_train_and_eval_on_train_and_merged_checkpoints(data: Path, plan_pat
     out = ok(dsa("eval", "--checkpoint", run / "merged.pt", "--data", data, "--model", TINY))
     assert "top-1" in out and "top-5" in out and "merged checkpoint" in out
 
+    # `dsa merge` takes training checkpoints too: the merge-ready one as trained, the baseline (new head) by plan
+    from dsa.train import load_for_eval
+
+    x = torch.randn(2, 3, 32, 32)
+    ready = load_for_eval(run / "last.pt").module
+    ok(dsa("merge", "--checkpoint", run / "last.pt", "--plan", plan_path, "--out", tmp_path / "m1.pt"))
+    m1 = load_for_eval(tmp_path / "m1.pt")
+    assert m1.kind == "merged" and m1.classes == ready_classes(run)
+    torch.testing.assert_close(m1.module(x), ready(x), rtol=1e-4, atol=1e-5)
+    ok(dsa("merge", "--checkpoint", base / "last.pt", "--plan", plan_path, "--out", tmp_path / "m2.pt"))
+    m2 = load_for_eval(tmp_path / "m2.pt").module
+    student = build_networks(TINY, 5, checkpoint=base / "last.pt", plan=plan_path).student.eval()
+    assert m2(x).shape == (2, 5)
+    torch.testing.assert_close(m2(x), student(x), rtol=1e-4, atol=1e-5)
+    other = tmp_path / "other.json"
+    plan_from_act_list(analyze(tm.tiny_mbv2(), TINY, 32), [1, 1, 0, 1, 1]).save(other)
+    user_error(dsa("merge", "--checkpoint", run / "last.pt", "--plan", other, "--out", tmp_path / "m3.pt"),
+               "was finetuned with another plan")  # fmt: skip
+    assert not (tmp_path / "m3.pt").exists()
+
+
+def ready_classes(run: Path) -> tuple[str, ...]:
+    return tuple(tr.load_training_checkpoint(run / "last.pt")["classes"])
+
 
 def test_cli_eval_plain_state_dict(data: Path, tmp_path: Path) -> None:
     net = tm.tiny_mbv2()
