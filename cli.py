@@ -1310,8 +1310,11 @@ def importance_cmd(
         float, typer.Option(min=0.0, help="gates: weight of the latency term (0: accuracy only).")
     ] = 0.01,
     gpu: Annotated[
-        str, typer.Option("--gpu", "-g", help="gates: device whose predicted savings drive the latency term.")
-    ] = "v100",
+        str | None,
+        typer.Option(
+            "--gpu", "-g", help="gates: device whose predicted savings drive the latency term (default: v100)."
+        ),
+    ] = None,
     profile: Annotated[
         Path | None,
         typer.Option("--profile", help="gates: a measured profile; its calibrated device (and, if it matches, times)."),
@@ -1321,16 +1324,22 @@ def importance_cmd(
     checkpoint: CheckpointOpt = None,
 ) -> None:
     """Score what removing each activation (and merging each block) costs in accuracy, without full training."""
+    import dataclasses
+
     from rich.progress import Progress
 
     from dsa.errors import DsaError
     from dsa.graph import analyze
-    from dsa.importance import METHODS, Importance, calibration_batches, score
+    from dsa.importance import METHODS, calibration_batches, score
     from dsa.models import create_model
     from dsa.models import input_size as default_size
 
     if method not in METHODS:
         raise DsaError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
+    if pretrained and checkpoint is not None:
+        raise DsaError("give --pretrained or --checkpoint, not both")
+    if gpu is not None and profile is not None:
+        raise DsaError("give --gpu or --profile for the latency term, not both (a profile names its device)")
     if checkpoint is not None:
         from dsa.train import load_for_eval
 
@@ -1359,27 +1368,50 @@ def importance_cmd(
             bar.update(task, completed=i, total=n, description=what)
 
         imp = score(method, net, a, batches, progress=progress, **kw)
-    imp = Importance(
-        imp.method, imp.model, imp.fingerprint, imp.scores, imp.segments, {**imp.metadata, **meta}, imp.seconds
-    )
+    imp = dataclasses.replace(imp, metadata={**imp.metadata, **meta})
     imp.save(out_path)
     top = sorted(imp.scores.items(), key=lambda kv: kv[1])[:5]
     out.print(
-        f"{method}: {len(imp.scores)} activations scored in {imp.seconds:.1f} s -> {out_path}; "
-        f"cheapest to remove: {', '.join(f'{k} ({v:.3g})' for k, v in top)}"
+        f"{method}: {len(imp.scores)} of {len(a.removable)} activations and {len(imp.segments)} blocks scored in "
+        f"{imp.seconds:.1f} s -> {out_path}; cheapest to remove: {', '.join(f'{k} ({v:.3g})' for k, v in top)}"
     )
+    if imp.metadata.get("unscored_activations"):
+        err.print(
+            f"the time budget ran out: {len(imp.metadata['unscored_activations'])} activations unscored; they cost "
+            f"{imp.default:.3g} (the largest scored value) in the file"
+        )
 
 
-def _activation_savings(a, gpu: str, profile: Path | None) -> dict[str, float]:
+def _activation_savings(a, gpu: str | None, profile: Path | None) -> dict[str, float]:
     """Predicted ms saved per removed activation: on the profile's calibrated device (with its measured times
-    when it was taken of this network at this size), else on ``gpu``'s roofline at batch 128, fp32."""
+    when it was taken of this network at this size), else on ``gpu``'s roofline at batch 128, fp32. A ``gpu``
+    known only through its profiles (``local-cpu``) uses one of them: a matching one if there is one."""
+    import roofline as rl
     from dsa.costs import activation_savings
-
-    if profile is None:
-        return activation_savings(a, gpu, 128, "fp32")
+    from dsa.errors import ArtifactError
     from dsa.profile import load_profile
 
-    prof = load_profile(profile)
+    if profile is None:
+        gpu = gpu or "v100"
+        try:
+            return activation_savings(a, rl.load_device(gpu), 128, "fp32")
+        except rl.RooflineError:
+            profs = []
+            for f in sorted((Path("profiles") / gpu).glob("*.json")) if (Path("profiles") / gpu).is_dir() else []:
+                try:
+                    profs.append(load_profile(f))
+                except ArtifactError:  # plans and other files live there too
+                    continue
+            if not profs:
+                raise
+            same = [q for q in profs if q.matches(a.fingerprint, q.batch_size, q.precision, a.input_size)]
+            return _savings_on(a, (same or profs)[0])
+    return _savings_on(a, load_profile(profile))
+
+
+def _savings_on(a, prof) -> dict[str, float]:
+    from dsa.costs import activation_savings
+
     same = prof.matches(a.fingerprint, prof.batch_size, prof.precision, a.input_size)
     return activation_savings(a, prof.device(), prof.batch_size, prof.precision, profile=prof if same else None)
 

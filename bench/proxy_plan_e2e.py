@@ -36,7 +36,7 @@ from dsa.train import load_for_eval
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--baseline", required=True, help="the baseline run directory (last.pt, result.json)")
-    p.add_argument("--importance", required=True, help="the proxy's importance file")
+    p.add_argument("--importance", required=True, nargs="+", help="one or more proxies' importance files")
     p.add_argument("--target-speedup", type=float, required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--profile", default="profiles/local-cpu/efficientnet_lite0_b32_fp32_nchw.json")
@@ -45,6 +45,13 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=0.01)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument(
+        "--compare-targets",
+        type=float,
+        nargs="*",
+        default=[3.0, 3.5, 4.0],
+        help="also list the default and guided plans at these targets (planning only)",
+    )
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -53,28 +60,47 @@ def main() -> None:
     prof = load_profile(args.profile)
     model = "efficientnet_lite0"
     a = analyze(create_model(model), model, prof.input_size)
-    scores, default = load_importance(args.importance)
-    method = json.loads(Path(args.importance).read_text()).get("method", Path(args.importance).stem)
-    planners = {
-        "default": Planner(a, batch=prof.batch_size, precision=prof.precision, profile=prof),
-        f"guided ({method})": Planner(
-            a, batch=prof.batch_size, precision=prof.precision, profile=prof, importance=scores, default_cost=default
-        ),
-    }
-    # the guided plan must be at least as fast as the default one, which may overshoot the target (it removes
-    # the fewest activations, not the least costly ones): its target is the default plan's predicted speed-up
-    plans, target = {}, args.target_speedup
-    for name, planner in planners.items():
-        path = out / "plans" / f"{name.split()[0]}.json"
-        if not path.exists():
-            planner.for_target(target_speedup=target).plan.save(path)
-        plans[name] = path
-        ev = evaluate(a, load_plan(path), batch=prof.batch_size, precision=prof.precision, profile=prof)
-        target = max(target, ev.speedup * (1 - 1e-9))
+    costs = {}  # method -> (scores, default cost)
+    for path in args.importance:
+        method = json.loads(Path(path).read_text()).get("method", Path(path).stem)
+        costs[method] = load_importance(path)
+    kw = {"batch": prof.batch_size, "precision": prof.precision, "profile": prof}
+    default_planner = Planner(a, **kw)
+    planners = {m: Planner(a, **kw, importance=scores, default_cost=d) for m, (scores, d) in costs.items()}
+
+    def speedup(plan) -> float:
+        return evaluate(a, plan, batch=prof.batch_size, precision=prof.precision, profile=prof).speedup
+
+    def plan_pair(target: float):
+        """The default plan for ``target``, and each guided plan for the default plan's predicted speed-up: the
+        default plan removes the fewest activations and may overshoot the target, and the guided plans must be
+        at least as fast."""
+        base = default_planner.for_target(target_speedup=target).plan
+        matched = max(target, speedup(base) * (1 - 1e-9))
+        return base, {m: pl.for_target(target_speedup=matched).plan for m, pl in planners.items()}
+
+    if args.compare_targets:  # which targets give plans that differ at all (a planning-only table)
+        lines = ["| target | plan | predicted speed-up | removed |", "|---:|---|---:|---|"]
+        for t in args.compare_targets:
+            base, guided = plan_pair(t)
+            for name, plan in [("default", base), *((f"guided ({m})", g) for m, g in guided.items())]:
+                same = name != "default" and plan.removed == base.removed
+                lines.append(
+                    f"| {t} | {name} | {speedup(plan):.2f}x | "
+                    f"{'same as default' if same else f'{len(plan.removed)}: ' + ', '.join(plan.removed)} |"
+                )
+        (out / "plans_at_targets.md").write_text("\n".join(lines) + "\n")
+    plans = {"default": out / "plans" / "default.json"}
+    plans.update({f"guided ({m})": out / "plans" / f"guided_{m}.json" for m in costs})
+    if not all(path.exists() for path in plans.values()):
+        base, guided = plan_pair(args.target_speedup)
+        for name, plan in [("default", base), *((f"guided ({m})", g) for m, g in guided.items())]:
+            if not plans[name].exists():
+                plan.save(plans[name])
     nets = {"baseline": load_for_eval(baseline / "last.pt").module}
     results = {}
     for name, path in plans.items():
-        run = out / name.split()[0]
+        run = out / plans[name].stem
         if not (run / "result.json").exists():
             finetune_plan(
                 run,
@@ -106,7 +132,7 @@ def main() -> None:
                 "images_per_s": timing[name].images_per_s,
                 "test_top1": acc["test"]["merged"]["top1"],
                 "val_top1": acc["val"]["merged"]["top1"],
-                "proxy_cost": sum(scores.get(r, default) for r in plan["removed"]),
+                "proxy_costs": {m: sum(sc.get(r, d) for r in plan["removed"]) for m, (sc, d) in costs.items()},
             }
         )
     atomic_write_json(
@@ -114,7 +140,7 @@ def main() -> None:
         {
             "target_speedup": args.target_speedup,
             "importance": args.importance,
-            "method": method,
+            "methods": list(costs),
             "epochs": args.epochs,
             "image_size": args.image_size,
             "timing": {"batch": 32, "threads": args.threads, "layout": "NCHW", "repeats": repeats},

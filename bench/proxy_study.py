@@ -18,6 +18,7 @@ Restartable: finished finetunes and proxy files are reused. Prints a markdown ta
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -133,9 +134,7 @@ def main() -> None:
             t0 = time.perf_counter()
             imp = score(method, base.module, a, batches, **kw)
             print(f"[proxy] {method}: {time.perf_counter() - t0:.1f} s", flush=True)
-            imp = type(imp)(
-                imp.method, imp.model, imp.fingerprint, imp.scores, imp.segments, {**imp.metadata, **meta}, imp.seconds
-            )
+            imp = dataclasses.replace(imp, metadata={**imp.metadata, **meta})
             imp.save(path)
         proxies[method] = load_importance_file(path)
 
@@ -180,14 +179,24 @@ def main() -> None:
     dloss = [truth[n]["loss"] - ctrl["loss"] for n in names]
 
     def proxy_of(method: str, name: str) -> float:
+        """The method's own score of the candidate (a block measured as a whole where the method can)."""
         imp = proxies[method]
         return imp.segments[name] if name in blocks else imp.scores[name]
+
+    def planner_view(method: str, name: str) -> float:
+        """What `dsa plan --importance` sees: per-activation scores only, so a block costs their sum."""
+        imp = proxies[method]
+        return sum(imp.scores.get(r, imp.default) for r in candidates[name].removed)
 
     rows = []
     for method in METHODS:
         s = [proxy_of(method, n) for n in names]
         rho, pval = spearmanr(s, drop)
         rho_l, _ = spearmanr(s, dloss)
+        planner = [planner_view(method, n) for n in names]
+        rho_p, p_p = spearmanr(planner, drop)
+        blk = [i for i, n in enumerate(names) if n in blocks]
+        rho_pb = spearmanr([planner[i] for i in blk], [drop[i] for i in blk])[0] if len(blk) > 2 else None
         # within one kind: a block removes two activations, so part of the overall correlation is size
         within = {}
         for kind, members in (("blocks", blocks), ("activations", acts)):
@@ -201,6 +210,9 @@ def main() -> None:
                 "spearman_loss": float(rho_l),
                 "spearman_drop_blocks": within["blocks"],
                 "spearman_drop_activations": within["activations"],
+                "spearman_drop_planner_view": float(rho_p),
+                "p_value_planner_view": float(p_p),
+                "spearman_drop_blocks_planner_view": None if rho_pb is None else float(rho_pb),
                 "seconds": proxies[method].seconds,
             }
         )
@@ -247,15 +259,19 @@ def main() -> None:
     print()
     n_b, n_a = sum(n in blocks for n in names), sum(n in acts for n in names)
     print(
-        f"| method | Spearman vs accuracy drop (all {len(names)}) | p | among the {n_b} blocks | among the {n_a} "
-        "activations | Spearman vs loss increase | cost (s, 2 threads; all activations and blocks) |"
+        f"| method | Spearman vs accuracy drop (all {len(names)}; blocks scored whole) | p | among the {n_b} blocks "
+        f"| among the {n_a} activations | as `dsa plan` sees it (all {len(names)}; a block = sum of its "
+        f"activations) | p | among the {n_b} blocks, as `dsa plan` sees it | Spearman vs loss increase "
+        "| cost (s, 2 threads; all activations and blocks) |"
     )
-    print("|---|---:|---:|---:|---:|---:|---:|")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     fmt = lambda v: "-" if v is None or v != v else f"{v:+.3f}"  # noqa: E731
     for r in rows:
         print(
             f"| {r['method']} | {r['spearman_drop']:+.3f} | {r['p_value']:.3f} | {fmt(r['spearman_drop_blocks'])} | "
-            f"{fmt(r['spearman_drop_activations'])} | {r['spearman_loss']:+.3f} | {r['seconds']:.1f} |"
+            f"{fmt(r['spearman_drop_activations'])} | {r['spearman_drop_planner_view']:+.3f} | "
+            f"{r['p_value_planner_view']:.3f} | {fmt(r['spearman_drop_blocks_planner_view'])} | "
+            f"{r['spearman_loss']:+.3f} | {r['seconds']:.1f} |"
         )
     print("\n| candidate | removed | held-out top-1 | drop (points) | loss increase | " + " | ".join(METHODS) + " |")
     print("|---|---:|---:|---:|---:|" + "---:|" * len(METHODS))

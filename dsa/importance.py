@@ -23,6 +23,7 @@ gates sum the block's activation costs.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import math
 import time
@@ -56,6 +57,7 @@ class Importance:
     segments: dict[str, float] = field(default_factory=dict)  # block name -> cost of merging it (DS style)
     metadata: dict = field(default_factory=dict)
     seconds: float = 0.0
+    default: float = 1.0  # the cost of an activation without a score (the planner's "default")
 
     def to_json(self) -> dict:
         return {
@@ -65,7 +67,7 @@ class Importance:
             "model": self.model,
             "fingerprint": self.fingerprint,
             "scores": self.scores,
-            "default": 1.0,
+            "default": self.default,
             "segments": self.segments,
             "metadata": self.metadata,
             "seconds": self.seconds,
@@ -94,6 +96,7 @@ def load_importance_file(path: str | Path) -> Importance:
         dict(d.get("segments", {})),
         dict(d.get("metadata", {})),
         float(d.get("seconds", 0.0)),
+        float(d.get("default", 1.0)),
     )
 
 
@@ -141,10 +144,9 @@ def block_candidates(a: Analysis, blocks: bool | Sequence[str] = True) -> dict[s
 
 
 def block_sums(a: Analysis, scores: Mapping[str, float], blocks: bool | Sequence[str] = True) -> dict[str, float]:
-    """Per-block costs of per-activation methods: the sum of the block's activation costs."""
-    if blocks is False:
-        return {}
-    wanted = a.blocks()[1:-1] if blocks is True else list(blocks)
+    """Per-block costs of per-activation methods: the sum of the block's activation costs, for the same blocks
+    :func:`block_candidates` gives (those that merge DepthShrinker style)."""
+    wanted = list(block_candidates(a, blocks))
     return {b: sum(v for name, v in scores.items() if a.site(name).block == b) for b in wanted}
 
 
@@ -352,8 +354,9 @@ def gates(
         p.requires_grad_(False)
     g.scores.requires_grad_(True)
     saving = torch.tensor([float((savings_ms or {}).get(op.name, 0.0)) for op in sites])
-    if saving.max() > 0:
-        saving = saving / saving.max()
+    latency_term = bool(saving.abs().max() > 0) and latency_weight > 0
+    if saving.abs().max() > 0:
+        saving = saving / saving.abs().max()  # negative: removing it alone is predicted to slow the network
     with torch.no_grad():  # break the initial tie without favouring network order
         g.scores.add_(0.01 * torch.randn(len(sites), generator=torch.Generator().manual_seed(seed)))
     model = model.eval()
@@ -387,7 +390,7 @@ def gates(
             "steps": steps,
             "lr": lr,
             "latency_weight": latency_weight,
-            "latency_term": bool(saving.max() > 0),
+            "latency_term": latency_term,
         },
     )
 
@@ -410,8 +413,10 @@ def finetune_proxy(
     """For each candidate — each removable activation (or each of ``names``), then each block merge (or each
     of ``blocks``) — remove it, finetune the merge-ready network ``steps`` KD steps from the original on the
     first ``len(batches) - heldout`` batches, and score the KL of its output from the original network's on the
-    held-out batches (top-1 agreement there is recorded in the metadata). Stops at ``time_budget_s``; unscored
-    candidates are omitted and counted in the metadata."""
+    held-out batches (top-1 agreement there is recorded in the metadata). The held-out batches are training
+    images the finetunes never see, so a dataset's val and test splits stay clean. Stops at ``time_budget_s``
+    (checked between candidates): unscored activations are listed in the metadata and cost the largest scored
+    value (the file's ``default``); a budget that scores nothing is an error."""
     from dsa.merge import apply_plan
 
     if len(batches) <= heldout:
@@ -446,6 +451,12 @@ def finetune_proxy(
         (scores if name in acts else segs)[name] = max(0.0, kl)
         if progress:
             progress(name, i + 1, len(candidates))
+    if candidates and not agreement:
+        raise DsaError(
+            f"finetune scored no candidate within the time budget of {time_budget_s} s (the budget is checked "
+            "between candidates; one takes a few seconds to minutes): raise it or leave it out"
+        )
+    unscored = [n for n in acts if n not in scores]
     return Importance(
         "finetune",
         a.model_name,
@@ -453,12 +464,16 @@ def finetune_proxy(
         scores,
         segs,
         seconds=time.perf_counter() - t0,
+        # activations the budget left unscored cost as much as the worst scored one (not a fixed 1, which is on
+        # another scale than KL)
+        default=max([*scores.values(), *segs.values()]) if unscored else 1.0,
         metadata={
             "steps": steps,
             "lr": lr,
             "heldout_batches": heldout,
             "scored": len(scores) + len(segs),
             "candidates": len(candidates),
+            "unscored_activations": unscored,
             "heldout_top1_agreement": agreement,
         },
     )
@@ -503,7 +518,7 @@ def score(
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "samples": sum(int(x.shape[0]) for x in batches),
     }
-    return Importance(imp.method, imp.model, imp.fingerprint, imp.scores, imp.segments, meta, imp.seconds)
+    return dataclasses.replace(imp, metadata=meta)
 
 
 __all__ = [

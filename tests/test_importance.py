@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from dsa.errors import DsaError
 from dsa.graph import analyze
 from dsa.importance import METHODS, finetune_proxy, gates, linearity, load_importance_file, removal_kl, score
 
@@ -76,8 +78,24 @@ def test_finetune_proxy_known_answers_and_budget(two):
     model, a, batches = two
     imp = finetune_proxy(model, a, batches, steps=3, lr=1e-4)
     assert imp.scores["a1"] < 1e-2 and imp.scores["a2"] >= imp.scores["a1"]
-    cut = finetune_proxy(model, a, batches, steps=3, time_budget_s=0.0)
-    assert len(cut.scores) <= 1 and cut.metadata["candidates"] == 2
+    assert imp.default == 1.0 and imp.metadata["unscored_activations"] == []
+    with pytest.raises(DsaError, match="scored no candidate within the time budget"):
+        finetune_proxy(model, a, batches, steps=3, time_budget_s=0.0)
+
+
+def test_finetune_budget_leaves_the_rest_at_the_worst_scored_cost(monkeypatch):
+    import dsa.importance as imp_mod
+    from tests import tiny_models as tm
+
+    model = tm.tiny_mbv2().eval()
+    a = analyze(model, "tiny", 32)
+    batches = [torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    clock = iter(range(1000))  # a fake clock: one second per reading
+    monkeypatch.setattr(imp_mod.time, "perf_counter", lambda: float(next(clock)))
+    cut = finetune_proxy(model, a, batches, steps=1, time_budget_s=2.5, blocks=False)
+    assert len(cut.scores) == 2 and cut.metadata["candidates"] == len(a.removable)
+    assert cut.metadata["unscored_activations"] == a.removable[2:]
+    assert cut.default == max(cut.scores.values())
 
 
 def test_scores_feed_the_planner(two, tmp_path):
@@ -175,6 +193,18 @@ def test_every_method_scores_blocks_and_named_candidates():
         block_candidates(a, [a.blocks()[0]])
 
 
+def test_methods_agree_on_which_blocks_are_segments():
+    from dsa.importance import block_candidates
+    from tests import tiny_models as tm
+
+    model = tm.tiny_se().eval()
+    a = analyze(model, "se", 32)
+    batches = [torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    mergeable = set(block_candidates(a))
+    assert set(linearity(model, a, batches).segments) == mergeable
+    assert set(removal_kl(model, a, batches).segments) == mergeable
+
+
 def test_activation_savings_follow_the_cost_model():
     from dsa.costs import activation_savings, evaluate
     from dsa.plan import make_plan
@@ -210,3 +240,14 @@ def test_cli_gates_use_the_device_savings(tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
     assert doc["metadata"]["latency_term"] is False and doc["segments"] == {}
+    # a device known only through its measured profiles (profiles/local-cpu/) drives the latency term too
+    r = run(app, ["importance", *args, "--method", "gates", "--steps", "1", "-g", "local-cpu", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads(out.read_text())["metadata"]["latency_term"] is True
+    prof = next(iter(sorted(Path("profiles/local-cpu").glob("*_b32_fp32_nchw.json"))))
+    for extra, fragment in (
+        (["--gpu", "v100", "--profile", str(prof)], "give --gpu or --profile"),
+        (["--pretrained", "--checkpoint", str(out)], "give --pretrained or --checkpoint"),
+    ):
+        r = run(app, ["importance", *args, "--method", "gates", *extra, "--out", str(out)])
+        assert r.exit_code == 1 and fragment in r.stderr, r.output
