@@ -282,9 +282,11 @@ def plan_cmd(
         raise PlanError(f"--granularity must be activation or block, got {granularity!r}")
 
     if not sources:
-        from dsa.planner import Planner, load_importance
+        from dsa.planner import Planner, load_block_importance, load_importance
 
         scores, default_cost = load_importance(importance) if importance is not None else (None, 1.0)
+        # block granularity: whole-block scores (dsa importance's "segments") where the file has them
+        blocks_cost = load_block_importance(importance) if importance is not None and granularity == "block" else None
         prof = None
         if profile is not None:
             from dsa.profile import load_profile
@@ -303,6 +305,7 @@ def plan_cmd(
             precision,
             importance=scores,
             default_cost=default_cost,
+            block_importance=blocks_cost,
             keep=keep or (),
             remove=remove or (),
             granularity=granularity or "activation",
@@ -453,11 +456,12 @@ def pareto_cmd(
     and per block, with DepthShrinker's patterns A-F for MobileNetV2."""
     from dsa.errors import PlanError
     from dsa.pareto import frontier, plot_frontier
-    from dsa.planner import Planner, load_importance
+    from dsa.planner import Planner, load_block_importance, load_importance
 
     if precision not in ("fp32", "tf32", "fp16", "bf16"):
         raise PlanError(f"--precision must be fp32, tf32, fp16 or bf16, got {precision!r}")
     scores, default_cost = load_importance(importance) if importance is not None else (None, 1.0)
+    blocks_cost = load_block_importance(importance) if importance is not None else None
     _, a = _model_and_analysis(model, pretrained, checkpoint, input_size)
     planners = [
         Planner(
@@ -467,6 +471,7 @@ def pareto_cmd(
             precision,
             importance=scores,
             default_cost=default_cost,
+            block_importance=blocks_cost if g == "block" else None,
             granularity=g,
             max_kernel=max_kernel,
         )

@@ -523,6 +523,19 @@ def _cost_label(importance: Mapping[str, float] | None, default_cost: float) -> 
     return "importance scores" if importance else f"removed activations (each costs {default_cost:g})"
 
 
+def load_block_importance(path: str | Path) -> dict[str, float]:
+    """The whole-block costs of an importance file (``"segments": {block name: cost}``, as `dsa importance`
+    writes them), or {} when it has none. Block-granular planning uses them (see :class:`Planner`)."""
+    doc = read_json(path, "importance", PlanError)
+    segs = doc.get("segments", {}) if isinstance(doc, dict) else {}
+    if not isinstance(segs, dict):
+        raise PlanError(f'importance {path}: "segments" must map block names to costs')
+    for name, v in segs.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise PlanError(f"importance {path}: the cost of block {name!r} must be a finite number >= 0, got {v!r}")
+    return {k: float(v) for k, v in segs.items()}
+
+
 def load_importance(path: str | Path) -> tuple[dict[str, float], float]:
     """Read an importance file: ``{"scores": {activation name: cost}, "default": cost}`` (``default``, for
     activations the file does not list, is optional and 1 when absent). Costs are finite and >= 0."""
@@ -541,7 +554,9 @@ class Planner:
     """Candidates and costs of one network on one device, ready to solve any number of targets.
 
     ``importance`` maps activation names to the accuracy cost of removing them (``default_cost`` for the rest;
-    without it every removed activation costs 1). ``keep`` / ``remove`` force activations (or whole blocks, by
+    without it every removed activation costs 1); at block granularity, ``block_importance`` maps blocks to the
+    cost of merging each as a whole (a block's activations then cost that much together). ``keep`` / ``remove``
+    force activations (or whole blocks, by
     block name). ``costs`` overrides the time model (default: the roofline of ``device``, or the measured
     ``profile`` where it has times).
     """
@@ -555,6 +570,7 @@ class Planner:
         *,
         importance: Mapping[str, float] | None = None,
         default_cost: float = DEFAULT_ACTIVATION_COST,
+        block_importance: Mapping[str, float] | None = None,
         keep: Sequence[str] = (),
         remove: Sequence[str] = (),
         granularity: str = "activation",
@@ -582,6 +598,9 @@ class Planner:
         self.importance = dict(importance) if importance else None
         self.accuracy_proxy = _cost_label(importance, default_cost)
         self.act_cost = self._act_costs(importance, default_cost)
+        if block_importance:
+            self._block_costs(block_importance)
+            self.accuracy_proxy += " + whole-block scores"
         self.keep, self.remove = self._forced(keep, remove)
         self.candidates: Candidates = build_candidates(analysis, costs, granularity, max_kernel)
         self.problem, self.edge_of = self._problem()
@@ -600,6 +619,21 @@ class Planner:
             if name in costs:
                 costs[name] = float(v)
         return costs
+
+    def _block_costs(self, block_importance: Mapping[str, float]) -> None:
+        """Block granularity removes a block's activations together, so a block's whole cost (measured by
+        merging it, e.g. `dsa importance`'s ``segments``) is spread evenly over them: their sum is that cost."""
+        if self.granularity != "block":
+            raise PlanError("whole-block importance applies to --granularity block only")
+        a = self.analysis
+        for block, v in block_importance.items():
+            if block not in a.blocks():
+                raise PlanError(f"importance: {block!r} is not a block of {a.model_name} (see `dsa analyze`)")
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise PlanError(f"importance: the cost of block {block!r} must be a finite number >= 0, got {v!r}")
+            members = [s.name for s in a.activations if s.block == block and s.removable]
+            for name in members:
+                self.act_cost[name] = float(v) / len(members)
 
     def _expand(self, names: Sequence[str], option: str) -> dict[str, str]:
         """Activation names for each given name (an activation, or a block meaning all its activations)."""
@@ -1006,6 +1040,7 @@ __all__ = [
     "dp_frontier",
     "fastest_plan",
     "load_importance",
+    "load_block_importance",
     "pareto_points",
     "plan_for_target",
     "quiet_fd1",

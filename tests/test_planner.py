@@ -506,3 +506,29 @@ def test_cli_default_model_target_throughput_4000(tmp_path, monkeypatch) -> None
     assert doc["metadata"]["prediction"]["planned_throughput_img_s"] >= 4000
     assert doc["metadata"]["solver"]["status"] == "optimal"
     assert load_plan(tmp_path / "plan.json").to_json() == doc
+
+
+def test_block_importance_prices_whole_blocks(tmp_path: Path) -> None:
+    """At block granularity a file's whole-block scores (dsa importance's "segments") price each block: its
+    activations cost that much together, and the planner avoids the expensive ones."""
+    a = analyze(tm.tiny_mbv2().eval(), "tests.tiny_models:tiny_mbv2", 32)
+    inner = a.blocks()[1:-1]
+    cheap = inner[-1]
+    members = [s.name for s in a.activations if s.block == cheap and s.removable]
+    costly = dict.fromkeys(a.removable, 1e3)
+    blocks = {b: (0.0 if b == cheap else 1e3) for b in inner}
+    p = Planner(a, "v100", granularity="block", importance=costly, block_importance=blocks)
+    assert math.fsum(p.act_cost[m] for m in members) == pytest.approx(0.0)
+    assert math.fsum(p.act_cost[m] for m in a.removable if a.site(m).block == inner[0]) == pytest.approx(1e3)
+    r = p.fastest(max_accuracy_cost=0.5)
+    assert set(r.removed) <= set(members) and "whole-block" in r.accuracy_proxy
+    with pytest.raises(PlanError, match="--granularity block only"):
+        Planner(a, "v100", block_importance=blocks)
+    with pytest.raises(PlanError, match="not a block"):
+        Planner(a, "v100", granularity="block", block_importance={"nope": 1.0})
+    # the CLI takes them from the importance file at block granularity
+    imp = tmp_path / "imp.json"
+    imp.write_text(json.dumps({"scores": costly, "default": 1.0, "segments": blocks}))
+    out = ok(dsa("plan", "--model", "tests.tiny_models:tiny_mbv2", "--input-size", 32, "--granularity", "block",
+                 "--importance", imp, "--max-accuracy-cost", 0.5, "-o", tmp_path / "p.json"))  # fmt: skip
+    assert "whole-block scores" in out
