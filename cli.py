@@ -583,24 +583,25 @@ def _merge_training_checkpoint(path: Path, p, model: str, pretrained: bool, plan
     finetuned baseline with a new head) by the plan, re-derived for its head as the trainer does."""
     from dsa.errors import DsaError
     from dsa.merge import merge
-    from dsa.train import build_networks, load_for_eval, load_training_checkpoint
+    from dsa.models import create_model
+    from dsa.train import build_networks, load_for_eval
 
     if pretrained:
         raise DsaError("give --pretrained or --checkpoint, not both")
     loaded = load_for_eval(path, model=None if model == DEFAULT_MODEL else model)
-    ckpt = load_training_checkpoint(path)
+    num_classes = len(loaded.classes)  # a training checkpoint records its classes
     if loaded.plan is not None:
         if (loaded.plan.removed, loaded.plan.added, loaded.plan.boundaries) != (p.removed, p.added, p.boundaries):
             raise DsaError(f"{path} was finetuned with another plan than {plan_path}; merge it with that plan")
-        original = build_networks(loaded.model, int(ckpt["num_classes"])).original
+        original = create_model(loaded.model)  # only counted (convs), so its head does not matter
         ready, p = loaded.module, loaded.plan
     else:
-        nets = build_networks(loaded.model, int(ckpt["num_classes"]), checkpoint=path, plan=plan_path)
+        nets = build_networks(loaded.model, num_classes, checkpoint=path, plan=plan_path)
         original, ready, p = nets.original, nets.student.eval(), nets.plan
     meta = {
         "model_name": loaded.model,
-        "num_classes": int(ckpt["num_classes"]),
-        "classes": list(loaded.classes or ()),
+        "num_classes": num_classes,
+        "classes": list(loaded.classes),
         "image_size": loaded.image_size,
     }
     return original, merge(ready, verify_sizes=sorted({p.input_size, loaded.image_size})), p, meta
@@ -1393,20 +1394,14 @@ def _activation_savings(a, gpu: str | None, profile: Path | None) -> dict[str, f
     known only through its profiles (``local-cpu``) uses one of them: a matching one if there is one."""
     import roofline as rl
     from dsa.costs import activation_savings
-    from dsa.errors import ArtifactError
-    from dsa.profile import load_profile
+    from dsa.profile import device_profiles, load_profile
 
     if profile is None:
         gpu = gpu or "v100"
         try:
             return activation_savings(a, rl.load_device(gpu), 128, "fp32")
         except rl.RooflineError:
-            profs = []
-            for f in sorted((Path("profiles") / gpu).glob("*.json")) if (Path("profiles") / gpu).is_dir() else []:
-                try:
-                    profs.append(load_profile(f))
-                except ArtifactError:  # plans and other files live there too
-                    continue
+            profs = [q for q, _ in device_profiles("profiles", gpu)]
             if not profs:
                 raise
             same = [q for q in profs if q.matches(a.fingerprint, q.batch_size, q.precision, a.input_size)]

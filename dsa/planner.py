@@ -523,6 +523,11 @@ def _cost_label(importance: Mapping[str, float] | None, default_cost: float) -> 
     return "importance scores" if importance else f"removed activations (each costs {default_cost:g})"
 
 
+def _is_cost(v: object) -> bool:
+    """An accuracy cost: a finite number >= 0 (not a bool)."""
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+
+
 def load_block_importance(path: str | Path) -> dict[str, float]:
     """The whole-block costs of an importance file (``"segments": {block name: cost}``, as `dsa importance`
     writes them), or {} when it has none. Block-granular planning uses them (see :class:`Planner`)."""
@@ -531,7 +536,7 @@ def load_block_importance(path: str | Path) -> dict[str, float]:
     if not isinstance(segs, dict):
         raise PlanError(f'importance {path}: "segments" must map block names to costs')
     for name, v in segs.items():
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        if not _is_cost(v):
             raise PlanError(f"importance {path}: the cost of block {name!r} must be a finite number >= 0, got {v!r}")
     return {k: float(v) for k, v in segs.items()}
 
@@ -545,7 +550,7 @@ def load_importance(path: str | Path) -> tuple[dict[str, float], float]:
     default = doc.get("default", DEFAULT_ACTIVATION_COST)
     scores = dict(doc["scores"])
     for name, v in [*scores.items(), ("default", default)]:
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+        if not _is_cost(v):
             raise PlanError(f"importance {path}: the cost of {name!r} must be a finite number >= 0, got {v!r}")
     return {k: float(v) for k, v in scores.items()}, float(default)
 
@@ -614,7 +619,7 @@ class Planner:
                 raise PlanError(
                     f"importance: {name!r} is not an activation of {self.analysis.model_name} (see `dsa analyze`)"
                 )
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if not _is_cost(v):
                 raise PlanError(f"importance: the cost of {name!r} must be a finite number >= 0, got {v!r}")
             if name in costs:
                 costs[name] = float(v)
@@ -629,7 +634,7 @@ class Planner:
         for block, v in block_importance.items():
             if block not in a.blocks():
                 raise PlanError(f"importance: {block!r} is not a block of {a.model_name} (see `dsa analyze`)")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            if not _is_cost(v):
                 raise PlanError(f"importance: the cost of block {block!r} must be a finite number >= 0, got {v!r}")
             members = [s.name for s in a.activations if s.block == block and s.removable]
             for name in members:

@@ -214,6 +214,18 @@ def load_profile(path: str | Path) -> Profile:
     return profile_from_json(read_json(path, "profile"), str(path))
 
 
+def device_profiles(directory: str | Path, device: str) -> list[tuple[Profile, Path]]:
+    """Every readable profile under ``directory/<device>/``, by file name (plans and other files there skipped)."""
+    folder = Path(directory) / device
+    out = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            out.append((load_profile(path), path))
+        except ArtifactError:
+            continue
+    return out
+
+
 def find_profile(
     directory: str | Path,
     device: str,
@@ -224,13 +236,8 @@ def find_profile(
     input_size: int | None = None,
 ) -> tuple[Profile, Path] | None:
     """A profile under ``directory/<device>/`` matching the model, batch and precision (and layout, input size)."""
-    folder = Path(directory) / device
     found = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
-        try:
-            p = load_profile(path)
-        except ArtifactError:
-            continue
+    for p, path in device_profiles(directory, device):
         if p.matches(fingerprint, batch_size, precision, input_size) and (layout is None or p.layout == layout):
             found.append((p.layout != "nchw", not p.complete, path.name, p, path))  # prefer NCHW, complete
     return min(found)[3:] if found else None
@@ -530,6 +537,7 @@ __all__ = [
     "Stat",
     "profile_model",
     "load_profile",
+    "device_profiles",
     "find_profile",
     "candidate_segments",
     "measured_items",

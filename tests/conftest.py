@@ -6,3 +6,13 @@ import torch
 def _seed():
     """Every test starts from the same RNG state, so randomly initialised models are the same everywhere."""
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module's tests: two OpenMP threads on a busy 2-core machine make tiny convs ~1000x
+    slower. Modules opt in with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -5,7 +5,6 @@ fingerprints. Kernel/stride numbers are worked out by hand in the comments (k = 
 from __future__ import annotations
 
 import pytest
-import torch
 from torch import nn
 
 from dsa import AnalysisError, analyze
@@ -25,13 +24,7 @@ MBV2_ACTS = [
 ]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # two OpenMP threads on a busy 2-core machine make tiny convs ~1000x slower
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

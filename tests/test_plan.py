@@ -11,7 +11,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 from dsa import PlanError, act_list_of, analyze, ds_pattern_act_list, load_plan, make_plan, plan_from_act_list
 from dsa.plan import DS_PATTERNS, AddedActivation, Plan, plan_from_json, remove_all_plan
@@ -20,12 +19,7 @@ from tests import tiny_models as tm
 SIZE = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
