@@ -1,5 +1,9 @@
-"""The ``dsa`` command line (typer). Thin commands that call the library; data on stdout, diagnostics on
-stderr, every :class:`dsa.DsaError` a one-line message and exit code 1."""
+"""The ``dsa`` command line (typer): thin commands that call the library and render what it returns.
+
+Data goes to stdout, diagnostics to stderr. One convention for everything a user can get wrong, bad option
+values and unknown options included: one line ``error: ...`` on stderr and exit code 1. Ctrl-C ends with exit
+code 130 and a line saying what was kept. Warnings (e.g. random weights) are lines starting ``warning:``.
+"""
 
 from __future__ import annotations
 
@@ -14,15 +18,45 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from typer.core import TyperGroup
+
+APP_HELP = (
+    "dsa: hardware-aware depth compression for PyTorch CNNs. Plan which activations to remove for a latency "
+    "target (predicted or measured), merge the now-linear layers into single convolutions (verified), finetune, "
+    "export and measure. Bad input ends with one 'error: ...' line and exit code 1; Ctrl-C with exit code 130."
+)
+
+
+class _OneLineErrors(TyperGroup):
+    """click reports bad option values with a usage box and exit code 2; dsa reports every user error the same
+    way: one ``error:`` line and exit code 1."""
+
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, complete_var=complete_var, standalone_mode=False, **extra)
+        except typer.TyperException as e:  # click's usage errors: bad values, unknown options, missing options
+            if type(e).__name__ == "NoArgsIsHelpError":  # `dsa` alone: the help, as a request for it
+                typer.echo(e.format_message())
+                sys.exit(0)
+            ctx = getattr(e, "ctx", None)
+            hint = f" (see `{ctx.command_path} --help`)" if ctx is not None else ""
+            typer.echo(f"error: {' '.join(e.format_message().split())}{hint}", err=True)
+            sys.exit(1)
+        except typer.Abort:
+            typer.echo("error: aborted", err=True)
+            sys.exit(130)
+        sys.exit(rv if isinstance(rv, int) else 0)
+
 
 app = typer.Typer(
+    cls=_OneLineErrors,
     add_completion=False,
     no_args_is_help=True,
-    help=__doc__.splitlines()[0] if __doc__ else None,
+    help=APP_HELP,
     pretty_exceptions_enable=False,
 )
 out = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class Format(str, Enum):
@@ -30,8 +64,34 @@ class Format(str, Enum):
     json = "json"
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    tf32 = "tf32"
+    fp16 = "fp16"
+    bf16 = "bf16"
+
+
+class Granularity(str, Enum):
+    activation = "activation"
+    block = "block"
+
+
 ModelOpt = Annotated[
-    str, typer.Option("--model", "-m", help="Registry name (see `dsa models`) or package.module:factory.")
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="A `dsa models` name, any torchvision or timm model name, or package.module:factory.",
+    ),
+]
+PlanModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="The model (default: the one the plan was made for). A `dsa models`, torchvision or timm name, or "
+        "package.module:factory.",
+    ),
 ]
 PretrainedOpt = Annotated[
     bool, typer.Option("--pretrained", help="Load offline pretrained weights (efficientnet_lite0).")
@@ -39,34 +99,91 @@ PretrainedOpt = Annotated[
 CheckpointOpt = Annotated[Path | None, typer.Option("--checkpoint", help="A state_dict to load into the model.")]
 FormatOpt = Annotated[Format, typer.Option("--format", help="table (readable) or json (for scripts).")]
 InputSizeOpt = Annotated[
-    int | None, typer.Option("--input-size", min=1, help="Input resolution (default: the model's).")
+    int | None,
+    typer.Option("--input-size", "--image-size", min=1, help="Input resolution in pixels (default: the model's)."),
+]
+ThreadsOpt = Annotated[
+    int | None, typer.Option("--threads", min=1, help="torch.set_num_threads (default: torch's, one per core).")
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto (cuda when available, else cpu), cpu or cuda[:i].")]
+AllowIncompleteOpt = Annotated[
+    bool,
+    typer.Option(
+        "--allow-incomplete", help="Use a profile whose measurement was interrupted (complete: false), with a warning."
+    ),
+]
+
+GpuOpt = Annotated[
+    str | None,
+    typer.Option("--gpu", "-g", help="Device name, alias (v100, a100, h100, ...) or device file (default: v100)."),
+]
+PrecisionOpt = Annotated[Precision, typer.Option(help="Numeric precision of the prediction.")]
+BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
+ProfileOpt = Annotated[
+    Path | None,
+    typer.Option("--profile", help="A measured profile (dsa profile): its device, calibration and times."),
 ]
 
 DEFAULT_MODEL = "mobilenet_v2_140"
+DEFAULT_GPU = "v100"
 
 
 def _errors(fn):
-    """Turn dsa's (and roofline's) errors into one line on stderr and exit code 1."""
+    """Turn dsa's (and roofline's) errors into one line on stderr and exit code 1; Ctrl-C into exit code 130."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from dsa.errors import DsaError
+        from dsa.errors import DsaError, InterruptedRunError
         from roofline.errors import RooflineError
 
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 return fn(*args, **kwargs)
+        except InterruptedRunError as e:
+            typer.echo(f"error: {' '.join(str(e).split())}", err=True)
+            raise typer.Exit(130) from None
         except (DsaError, RooflineError) as e:
             typer.echo(f"error: {' '.join(str(e).split())}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("error: interrupted (Ctrl-C); no output was written or replaced", err=True)
+            raise typer.Exit(130) from None
+        except OSError as e:  # a file operation no check anticipated: still one line, never a traceback
+            where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+            typer.echo(f"error: {where}{e.strerror or e}", err=True)
             raise typer.Exit(1) from None
 
     return wrapper
 
 
+def _warn(message: str) -> None:
+    err.print(f"warning: {' '.join(message.split())}", markup=False)
+
+
+def _random_weights_warning(pretrained: bool, checkpoint: Path | None, what: str) -> None:
+    if not pretrained and checkpoint is None:
+        _warn(f"no --checkpoint or --pretrained: the network has random weights; {what}")
+
+
 def _emit_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
     sys.stdout.flush()
+
+
+def _refuse_together(**given) -> None:
+    """Refuse options that contradict each other: ``_refuse_together(**{"--gpu": gpu, "--profile": profile})``."""
+    from dsa.errors import DsaError
+
+    named = [k for k, v in given.items() if v not in (None, False, (), [])]
+    if len(named) > 1:
+        raise DsaError(f"give {' or '.join(given)}, not both: {' and '.join(named)} contradict each other")
+
+
+def _check_out(path: Path | None, what: str, **inputs) -> Path:
+    from dsa.io import check_output
+
+    return check_output(path, what, [(k, v) for k, v in inputs.items()])
 
 
 def _model_and_analysis(model: str, pretrained: bool, checkpoint: Path | None, input_size: int | None = None):
@@ -76,6 +193,15 @@ def _model_and_analysis(model: str, pretrained: bool, checkpoint: Path | None, i
 
     net = create_model(model, pretrained=pretrained, checkpoint=checkpoint)
     return net, analyze(net, model, default_size(model) if input_size is None else input_size)
+
+
+def _plan_and_model(plan_path: Path, model: str | None):
+    """Load a plan; the model is the plan's unless ``--model`` names one (the plan's fingerprint then decides
+    whether it fits: the same network may go by another name)."""
+    from dsa.plan import load_plan
+
+    p = load_plan(plan_path)
+    return p, model or p.model
 
 
 @app.command("models")
@@ -109,7 +235,7 @@ def models_cmd(fmt: FormatOpt = Format.table) -> None:
 @app.command("analyze")
 @_errors
 def analyze_cmd(
-    model: ModelOpt = DEFAULT_MODEL,
+    model: PlanModelOpt = None,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
     plan: Annotated[Path | None, typer.Option(help="Show the segments this plan induces.")] = None,
@@ -117,11 +243,14 @@ def analyze_cmd(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Activation sites, and the segments a plan (default: removing every removable activation) induces."""
-    from dsa.plan import load_plan, remove_all_plan
+    from dsa.plan import remove_all_plan
 
-    _, a = _model_and_analysis(model, pretrained, checkpoint, input_size)
+    p = None
     if plan is not None:
-        p = load_plan(plan)
+        p, model = _plan_and_model(plan, model)
+    model = model or DEFAULT_MODEL
+    _, a = _model_and_analysis(model, pretrained, checkpoint, input_size if p is None else input_size or p.input_size)
+    if p is not None:
         p.check(a)
         segs, segs_for = p.induced_segments(a), str(plan)
     else:
@@ -191,19 +320,16 @@ def plan_cmd(
     max_accuracy_cost: Annotated[
         float | None, typer.Option("--max-accuracy-cost", help="Solve: the fastest plan within this accuracy cost.")
     ] = None,
-    gpu: Annotated[
-        str | None,
-        typer.Option("--gpu", "-g", help="Device name, alias (v100, a100, ...) or device file (default: v100)."),
-    ] = None,
+    gpu: GpuOpt = None,
     batch_size: Annotated[
         int | None,
         typer.Option("--batch-size", min=1, help="Images per forward pass (default: 128, or the profile's)."),
     ] = None,
     precision: Annotated[
-        str | None, typer.Option("--precision", help="fp32, tf32, fp16 or bf16 (default: fp32, or the profile's).")
+        Precision | None, typer.Option("--precision", help="Numeric precision (default: fp32, or the profile's).")
     ] = None,
     granularity: Annotated[
-        str | None,
+        Granularity | None,
         typer.Option(
             "--granularity",
             help="activation (default), or block: DepthShrinker's per-block decisions (ReLU6 after removed blocks).",
@@ -227,6 +353,7 @@ def plan_cmd(
             help="A measured profile (dsa profile): its device and times (default: a matching one in profiles/<gpu>/).",
         ),
     ] = None,
+    allow_incomplete: AllowIncompleteOpt = False,
     act_list: Annotated[
         str | None, typer.Option(help="DepthShrinker keep list: 1,0,... one per block plus stem and head.")
     ] = None,
@@ -276,39 +403,42 @@ def plan_cmd(
         )
     elif len(given_targets) > 1:
         raise PlanError(f"give one target for the solver; got {' and '.join(given_targets)}")
-    if precision is not None and precision not in ("fp32", "tf32", "fp16", "bf16"):
-        raise PlanError(f"--precision must be fp32, tf32, fp16 or bf16, got {precision!r}")
-    if granularity is not None and granularity not in ("activation", "block"):
-        raise PlanError(f"--granularity must be activation or block, got {granularity!r}")
+    _refuse_together(**{"--gpu": gpu, "--profile": profile})
+    _check_out(out_path, "--out", **{"--profile": profile, "--importance": importance, "--checkpoint": checkpoint})
+    prec = precision.value if precision is not None else None
 
     if not sources:
         from dsa.planner import Planner, load_block_importance, load_importance
 
+        block = granularity == Granularity.block
         scores, default_cost = load_importance(importance) if importance is not None else (None, 1.0)
         # block granularity: whole-block scores (dsa importance's "segments") where the file has them
-        blocks_cost = load_block_importance(importance) if importance is not None and granularity == "block" else None
+        blocks_cost = load_block_importance(importance) if importance is not None and block else None
         prof = None
         if profile is not None:
             from dsa.profile import load_profile
 
             prof = load_profile(profile)
-            batch_size = batch_size or prof.batch_size
-            precision = precision or prof.precision
-        batch_size, precision = batch_size or 128, precision or "fp32"
+            input_size = input_size or prof.input_size
         _, a = _model_and_analysis(model, pretrained, checkpoint, input_size)
+        if prof is not None:
+            prof.check_for(a, batch_size, prec, allow_incomplete=allow_incomplete, path=profile)
+            _incomplete_warning(prof, profile)
+            batch_size, prec = prof.batch_size, prof.precision
+        batch_size, prec = batch_size or 128, prec or "fp32"
         if prof is None:
-            prof = _find_profile(gpu or "v100", a, batch_size, precision)
+            prof = _find_profile(gpu or DEFAULT_GPU, a, batch_size, prec, allow_incomplete)
         planner = Planner(
             a,
-            gpu or "v100",
+            gpu or DEFAULT_GPU,
             batch_size,
-            precision,
+            prec,
             importance=scores,
             default_cost=default_cost,
             block_importance=blocks_cost,
             keep=keep or (),
             remove=remove or (),
-            granularity=granularity or "activation",
+            granularity=granularity.value if granularity else "activation",
             max_kernel=max_kernel,
             profile=prof,
         )
@@ -343,20 +473,20 @@ def plan_cmd(
     prediction = None
     if gpu is not None:
         from dsa.costs import evaluate
+        from dsa.planner import prediction_record
 
-        batch_size, precision = batch_size or 128, precision or "fp32"
-        ev = evaluate(a, p, gpu, batch_size, precision, profile=_find_profile(gpu, a, batch_size, precision))
-        prediction = {
-            "device": ev.device,
-            "precision": ev.precision,
-            "batch_size": ev.batch,
-            "source": ev.source,
-            "baseline_latency_ms": ev.baseline.latency_ms,
-            "planned_latency_ms": ev.planned.latency_ms,
-            "baseline_throughput_img_s": ev.baseline.throughput_img_s,
-            "planned_throughput_img_s": ev.planned.throughput_img_s,
-            "speedup": ev.speedup,
-        }
+        batch_size, prec = batch_size or 128, prec or "fp32"
+        found = _find_profile(gpu, a, batch_size, prec, allow_incomplete)
+        ev = evaluate(a, p, gpu, batch_size, prec, profile=found)
+        prediction = prediction_record(
+            ev.device,
+            ev.precision,
+            ev.batch,
+            ev.source,
+            ev.baseline.latency_ms,
+            ev.planned.latency_ms,
+            ev.bn_folded.latency_ms if ev.bn_folded is not None else None,
+        )
         p = p.with_metadata(prediction=prediction)
     p.save(out_path)
     if fmt == Format.json:
@@ -370,13 +500,35 @@ def plan_cmd(
         out.print(_prediction_line(prediction))
 
 
+def _incomplete_warning(prof, path) -> None:
+    if not prof.complete:
+        _warn(
+            f"the profile {path} is incomplete (its measurement was interrupted: {len(prof.ops)} ops and "
+            f"{len(prof.segments)} segments measured); what it lacks is predicted by the roofline"
+        )
+
+
+def _bn_folded_note(bn_speedup: float | None, over: float | None) -> str:
+    if bn_speedup is None or over is None:
+        return ""
+    return f" (BN folding alone: {bn_speedup:.2f}x; the plan is {over:.2f}x over that)"
+
+
 def _prediction_line(pr: dict) -> str:
     return (
         f"predicted on {pr['device']} ({pr['precision']}, batch {pr['batch_size']}; {pr['source']}): original "
         f"{pr['baseline_latency_ms']:.2f} ms = {pr['baseline_throughput_img_s']:.0f} img/s -> planned "
         f"{pr['planned_latency_ms']:.2f} ms = {pr['planned_throughput_img_s']:.0f} img/s; "
         f"speed-up {pr['speedup']:.2f}x"
+        + _bn_folded_note(pr.get("bn_folded_speedup"), pr.get("speedup_over_bn_folded"))
     )
+
+
+def _figure_suffix(path: Path) -> None:
+    from dsa.errors import DsaError
+
+    if path.suffix.lower() not in (".png", ".svg"):
+        raise DsaError(f"cannot write --out {path}: use a .png or .svg file name")
 
 
 def _block_span(blocks: tuple[str, ...]) -> str:
@@ -440,7 +592,7 @@ def pareto_cmd(
     ] = "v100",
     points: Annotated[int, typer.Option("--points", min=2, help="Accuracy-cost budgets per granularity.")] = 20,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 128,
-    precision: Annotated[str, typer.Option("--precision", help="fp32, tf32, fp16 or bf16.")] = "fp32",
+    precision: PrecisionOpt = Precision.fp32,
     max_kernel: Annotated[int | None, typer.Option("--max-kernel", min=1, help="Largest merged kernel size.")] = None,
     importance: Annotated[
         Path | None,
@@ -454,12 +606,12 @@ def pareto_cmd(
 ) -> None:
     """The predicted speed-up vs accuracy-cost frontier (fastest plan per accuracy-cost budget), per activation
     and per block, with DepthShrinker's patterns A-F for MobileNetV2."""
-    from dsa.errors import PlanError
     from dsa.pareto import frontier, plot_frontier
     from dsa.planner import Planner, load_block_importance, load_importance
 
-    if precision not in ("fp32", "tf32", "fp16", "bf16"):
-        raise PlanError(f"--precision must be fp32, tf32, fp16 or bf16, got {precision!r}")
+    _check_out(out_path, "--out", **{"--importance": importance, "--checkpoint": checkpoint})
+    _figure_suffix(out_path)
+    precision = precision.value
     scores, default_cost = load_importance(importance) if importance is not None else (None, 1.0)
     blocks_cost = load_block_importance(importance) if importance is not None else None
     _, a = _model_and_analysis(model, pretrained, checkpoint, input_size)
@@ -520,30 +672,39 @@ def merge_cmd(
     onnx: Annotated[
         Path | None, typer.Option(help="Also export ONNX here (checked with onnx.checker and onnxruntime).")
     ] = None,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: PlanModelOpt = None,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Merge a (finetuned) network by its plan; write the merged model, TorchScript and optionally ONNX."""
+    """Merge a (finetuned) network by its plan; write the merged model, TorchScript and optionally ONNX, all or
+    nothing: no existing file is replaced unless every one was written and checked."""
     import torch
 
     from dsa.export import save_merged, to_onnx, to_torchscript
+    from dsa.io import Outputs
     from dsa.merge import conv_count, merge
-    from dsa.plan import load_plan
 
-    p = load_plan(plan)
+    p, model = _plan_and_model(plan, model)
+    ts_path = out_path.with_name(out_path.stem + ".torchscript.pt")
+    inputs = {"--plan": plan, "--checkpoint": checkpoint}
+    _check_out(out_path, "--out", **inputs)
+    _check_out(ts_path, "TorchScript output (beside --out)", **inputs)
+    if onnx is not None:
+        _check_out(onnx, "--onnx", **inputs, **{"--out": out_path})
     meta: dict = {}
     if checkpoint is not None and _is_training_checkpoint(checkpoint):
         net, merged, p, meta = _merge_training_checkpoint(checkpoint, p, model, pretrained, plan)
     else:
         net, a = _model_and_analysis(model, pretrained, checkpoint, p.input_size)
+        p.check(a)
         merged = merge(net, p)
+        _random_weights_warning(pretrained, checkpoint, "the merged network is exact but its outputs mean nothing")
     example = torch.randn(1, 3, p.input_size, p.input_size)
-    save_merged(merged, p, out_path, verified_max_rel_error=merged.dsa_merge_error, **meta)
-    ts_path = out_path.with_name(out_path.stem + ".torchscript.pt")
-    how = to_torchscript(merged, example, ts_path, p)
-    onnx_err = to_onnx(merged, example, onnx) if onnx else None
+    with Outputs() as outs:
+        save_merged(merged, p, outs.stage(out_path), verified_max_rel_error=merged.dsa_merge_error, **meta)
+        how = to_torchscript(merged, example, outs.stage(ts_path), p)
+        onnx_err = to_onnx(merged, example, outs.stage(onnx)) if onnx else None
     result = {
         "model": p.model,
         "convs_before": conv_count(net),
@@ -569,12 +730,15 @@ def merge_cmd(
 
 
 def _is_training_checkpoint(path: Path) -> bool:
-    import torch
+    from dsa.errors import ModelError
+    from dsa.io import read_torch
 
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception:  # not ours to judge here: the model loader reports unreadable files
-        return False
+    obj = read_torch(path, "checkpoint", ModelError)
+    if isinstance(obj, dict) and obj.get("kind") == "dsa.merged":
+        raise ModelError(
+            f"checkpoint {path} is a merged network (written by dsa merge): it is already merged; merge the "
+            "merge-ready or finetuned checkpoint it came from, or use it as it is (dsa eval --checkpoint)"
+        )
     return isinstance(obj, dict) and obj.get("kind") == "dsa.train"
 
 
@@ -588,7 +752,7 @@ def _merge_training_checkpoint(path: Path, p, model: str, pretrained: bool, plan
 
     if pretrained:
         raise DsaError("give --pretrained or --checkpoint, not both")
-    loaded = load_for_eval(path, model=None if model == DEFAULT_MODEL else model)
+    loaded = load_for_eval(path, model=model)
     num_classes = len(loaded.classes)  # a training checkpoint records its classes
     if loaded.plan is not None:
         if (loaded.plan.removed, loaded.plan.added, loaded.plan.boundaries) != (p.removed, p.added, p.boundaries):
@@ -611,44 +775,48 @@ def _merge_training_checkpoint(path: Path, p, model: str, pretrained: bool, plan
 @_errors
 def bench_cmd(
     plan: Annotated[Path | None, typer.Option(help="Also time the network merged by this plan.")] = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
-    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
+    device: DeviceOpt = "auto",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
-    threads: Annotated[int | None, typer.Option(help="torch.set_num_threads (default: torch's).")] = None,
-    warmup: Annotated[int, typer.Option(min=0)] = 2,
-    repeats: Annotated[int, typer.Option(min=1)] = 5,
-    model: ModelOpt = DEFAULT_MODEL,
+    threads: ThreadsOpt = None,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed forward passes per network first.")] = 2,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed forward passes per network (median reported).")] = 5,
+    model: PlanModelOpt = None,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
+    input_size: InputSizeOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Measured images/s of the original and the merged network, interleaved in one run."""
+    """Measured images/s of the original network, of it with only its BNs folded, and of the merged network,
+    interleaved in one run (speed does not depend on the weights)."""
     import torch
     from rich.progress import Progress
 
-    from dsa.bench import measure
-    from dsa.errors import DsaError
+    from dsa.bench import measure, resolve_device
     from dsa.merge import merge
     from dsa.models import create_model
     from dsa.models import input_size as default_size
-    from dsa.plan import load_plan
+    from dsa.train import bn_folded_network
 
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise DsaError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-    if threads:
+    device = resolve_device(device)
+    p = None
+    if plan is not None:
+        p, model = _plan_and_model(plan, model)
+    model = model or DEFAULT_MODEL
+    if threads is not None:
         torch.set_num_threads(threads)
     net = create_model(model, pretrained=pretrained, checkpoint=checkpoint)
-    models = {"original": net}
-    size = default_size(model)
-    if plan is not None:
-        p = load_plan(plan)
-        size = p.input_size
+    size = input_size or (p.input_size if p is not None else default_size(model))
+    models = {"original": net, "bn_folded": bn_folded_network(net, model, size)}
+    if p is not None:
         models["merged"] = merge(net, p)
+    _random_weights_warning(pretrained, checkpoint, "fine for speed, which does not depend on the weights")
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("timing", total=repeats * len(models))
         res = measure(
             models, batch_size, size, device, channels_last, warmup, repeats, progress=lambda *_: bar.advance(task)
         )
+    orig = res["original"].images_per_s
     result = {
         "model": model,
         "batch_size": batch_size,
@@ -659,7 +827,11 @@ def bench_cmd(
         "warmup": warmup,
         "repeats": repeats,
         **{k: v.to_json() for k, v in res.items()},
-        "speedup": res["merged"].images_per_s / res["original"].images_per_s if "merged" in res else None,
+        "speedup": res["merged"].images_per_s / orig if "merged" in res else None,
+        "bn_folded_speedup": res["bn_folded"].images_per_s / orig,
+        "speedup_over_bn_folded": (
+            res["merged"].images_per_s / res["bn_folded"].images_per_s if "merged" in res else None
+        ),
     }
     if fmt == Format.json:
         _emit_json(result)
@@ -671,56 +843,67 @@ def bench_cmd(
         "max",
         "IQR",
         "ms/batch",
-        title=f"{model}, batch {batch_size}, {result['layout']}, {result['threads']} threads, {repeats} repeats",
+        "vs original",
+        title=f"{model}, batch {batch_size}, {size} px, {result['layout']}, {device}, {result['threads']} threads, "
+        f"median of {repeats} interleaved runs",
     )
+    names = {"original": "original", "bn_folded": "BN folded only", "merged": "merged"}
     for k, v in res.items():
         t.add_row(
-            k,
+            names.get(k, k),
             f"{v.images_per_s:.1f}",
             f"{v.images_per_s_min:.1f}",
             f"{v.images_per_s_max:.1f}",
             f"{v.iqr_images_per_s:.1f}",
             f"{v.latency_ms:.1f}",
+            f"{v.images_per_s / orig:.2f}x",
         )
     out.print(t)
     if result["speedup"]:
-        out.print(f"speed-up: {result['speedup']:.2f}x")
-
-
-class Precision(str, Enum):
-    fp32 = "fp32"
-    tf32 = "tf32"
-    fp16 = "fp16"
-    bf16 = "bf16"
-
-
-GpuOpt = Annotated[str, typer.Option("--gpu", "-g", help="Device name, alias (v100, a100, h100, ...) or device file.")]
-PrecisionOpt = Annotated[Precision, typer.Option(help="Numeric precision of the prediction.")]
-BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
+        out.print(
+            f"speed-up: {result['speedup']:.2f}x"
+            + _bn_folded_note(result["bn_folded_speedup"], result["speedup_over_bn_folded"])
+        )
 
 
 @app.command("devices")
 @_errors
 def devices_cmd(
     measure: Annotated[bool, typer.Option("--measure", help="Measure this machine's CPU (or --device cuda).")] = False,
-    device: Annotated[str, typer.Option(help="With --measure: cpu or cuda[:i].")] = "cpu",
-    seconds: Annotated[float, typer.Option(min=0.5, help="With --measure: time budget.")] = 5.0,
+    device: Annotated[
+        str | None, typer.Option(help="With --measure: auto (the default: cuda when available, else cpu), cpu or cuda.")
+    ] = None,
+    seconds: Annotated[float | None, typer.Option(min=0.5, help="With --measure: time budget (default: 5 s).")] = None,
     out_path: Annotated[Path | None, typer.Option("--out", help="With --measure: device file to write.")] = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """List the known devices, or measure the local one (achieved matmul FLOP/s and copy bandwidth)."""
     import roofline as rl
+    from dsa.errors import DsaError
 
     if measure:
-        spec = rl.measure_local_device(device, seconds)
+        from dsa.bench import resolve_device
+        from dsa.io import staged
+
+        dev = resolve_device(device or "auto")
+        if out_path is not None:
+            _check_out(out_path, "--out")
+        else:  # the default file's folder is named after the device: check what can be checked before measuring
+            _check_out(Path("profiles") / "device.json", "the device file under profiles/")
+        spec = rl.measure_local_device(dev, 5.0 if seconds is None else seconds)
         path = out_path or Path("profiles") / spec.name / "device.json"
-        rl.save_device(spec, path)
+        with staged(_check_out(path, "the device file")) as tmp:
+            rl.save_device(spec, tmp)
         if fmt == Format.json:
             _emit_json({**spec.to_dict(), "path": str(path)})
             return
         m = spec.measured
-        out.print(f"{spec.name}: matmul {m.matmul_tflops} TFLOP/s, copy {m.copy_bandwidth_gbps:.1f} GB/s -> {path}")
+        peaks = ", ".join(f"{k} {v:g} TFLOP/s" for k, v in sorted(m.matmul_tflops.items()))
+        out.print(f"{spec.name}: matmul {peaks}; copy {m.copy_bandwidth_gbps:.1f} GB/s -> {path}")
         return
+    given = [n for n, v in (("--device", device), ("--seconds", seconds), ("--out", out_path)) if v is not None]
+    if given:
+        raise DsaError(f"{', '.join(given)} only apply with --measure; add --measure or leave them out")
     specs = rl.list_devices()
     if fmt == Format.json:
         _emit_json([s.to_dict() for s in specs])
@@ -740,29 +923,46 @@ def devices_cmd(
     out.print(t)
 
 
-ProfileOpt = Annotated[
-    Path | None, typer.Option("--profile", help="A measured profile (dsa profile): its device, calibration and times.")
-]
-
-
-def _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision, profile=None):
+def _evaluation(
+    model,
+    pretrained,
+    checkpoint,
+    plan,
+    gpu,
+    batch_size,
+    precision,
+    profile=None,
+    allow_incomplete=False,
+    input_size=None,
+):
+    """Price a plan (or BN folding alone) on ``--gpu``, or on ``--profile``'s device with its measured times."""
     from dsa.costs import evaluate
-    from dsa.plan import load_plan, make_plan
+    from dsa.plan import bn_folded_plan
     from dsa.profile import load_profile
 
+    _refuse_together(**{"--gpu": gpu, "--profile": profile})
+    prof = load_profile(profile) if profile is not None else None
     if plan is not None:
-        p = load_plan(plan)
+        p, model = _plan_and_model(plan, model)
         _, a = _model_and_analysis(model, pretrained, checkpoint, p.input_size)
         p.check(a)
     else:
-        _, a = _model_and_analysis(model, pretrained, checkpoint)
-        p = make_plan(a)
-    prof = load_profile(profile) if profile is not None else _find_profile(gpu, a, batch_size, precision.value)
-    return evaluate(a, p, gpu, batch_size, precision.value, profile=prof)
+        model = model or DEFAULT_MODEL
+        _, a = _model_and_analysis(model, pretrained, checkpoint, input_size or (prof.input_size if prof else None))
+        p = bn_folded_plan(a)
+    if prof is not None:
+        prof.check_for(a, batch_size, precision, allow_incomplete=allow_incomplete, path=profile)
+        _incomplete_warning(prof, profile)
+        batch_size, precision = prof.batch_size, prof.precision
+    else:
+        batch_size, precision = batch_size or 128, precision or "fp32"
+        prof = _find_profile(gpu or DEFAULT_GPU, a, batch_size, precision, allow_incomplete)
+    return model, evaluate(a, p, gpu or DEFAULT_GPU, batch_size, precision, profile=prof)
 
 
-def _find_profile(gpu: str, a, batch_size: int, precision: str):
-    """A profile under profiles/<device>/ matching the model, batch and precision, if there is one."""
+def _find_profile(gpu: str, a, batch_size: int, precision: str, allow_incomplete: bool = False):
+    """A profile under profiles/<device>/ matching the model, input size, batch and precision, if there is one
+    (said on stderr when used)."""
     import roofline as rl
     from dsa.profile import find_profile
 
@@ -772,7 +972,15 @@ def _find_profile(gpu: str, a, batch_size: int, precision: str):
         if not (Path("profiles") / gpu).is_dir():
             raise
         device = gpu  # a measured device (e.g. local-cpu) known only through its profiles
-    found = find_profile("profiles", device, a.fingerprint, batch_size, precision, input_size=a.input_size)
+    found = find_profile(
+        "profiles",
+        device,
+        a.fingerprint,
+        batch_size,
+        precision,
+        input_size=a.input_size,
+        allow_incomplete=allow_incomplete,
+    )
     if found is None:
         if device == gpu and not Path(gpu).exists() and gpu not in {d.name for d in rl.list_devices()}:
             raise rl.RooflineError(
@@ -780,7 +988,8 @@ def _find_profile(gpu: str, a, batch_size: int, precision: str):
                 f"{precision}; run `dsa profile` or pass --profile"
             )
         return None
-    typer.echo(f"using the measured profile {found[1]}", err=True)
+    err.print(f"using the measured profile {found[1]}", markup=False)
+    _incomplete_warning(*found)
     return found[0]
 
 
@@ -788,18 +997,34 @@ def _find_profile(gpu: str, a, batch_size: int, precision: str):
 @_errors
 def evaluate_cmd(
     plan: Annotated[Path, typer.Option(help="The plan JSON.")],
-    gpu: GpuOpt = "v100",
-    batch_size: BatchOpt = 128,
-    precision: PrecisionOpt = Precision.fp32,
+    gpu: GpuOpt = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option("--batch-size", min=1, help="Images per forward pass (default: 128, or the profile's)."),
+    ] = None,
+    precision: Annotated[
+        Precision | None, typer.Option(help="Numeric precision (default: fp32, or the profile's).")
+    ] = None,
     profile: ProfileOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
+    allow_incomplete: AllowIncompleteOpt = False,
+    model: PlanModelOpt = None,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
-    """Predicted latency and throughput of the original and the planned network on a GPU (or, with
-    --profile, on the profiled device, using its measured times where it has them)."""
-    ev = _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision, profile)
+    """Predicted latency and throughput of the original, the BN-folded and the planned network on a GPU (or,
+    with --profile, on the profiled device, using its measured times where it has them)."""
+    model, ev = _evaluation(
+        model,
+        pretrained,
+        checkpoint,
+        plan,
+        gpu,
+        batch_size,
+        precision.value if precision else None,
+        profile,
+        allow_incomplete,
+    )
     if fmt == Format.json:
         _emit_json({"model": model, **ev.to_json()})
         return
@@ -826,11 +1051,17 @@ def evaluate_cmd(
             )
     out.print(t)
     src = ev.sources()
-    out.print(f"op times: original {src['baseline_ops']}, planned {src['planned_ops']} ({src['roofline_model']})")
+    counts = lambda d: ", ".join(f"{n} {k}" for k, n in d.items()) or "none"  # noqa: E731
+    out.print(
+        f"op times: original {counts(src['baseline_ops'])}; planned {counts(src['planned_ops'])} "
+        f"(roofline: {src['roofline_model']})"
+    )
+    folded = ev.bn_folded
     out.print(
         f"original: {ev.baseline.latency_ms:.2f} ms, {ev.baseline.throughput_img_s:.0f} img/s; "
-        f"planned: {ev.planned.latency_ms:.2f} ms, {ev.planned.throughput_img_s:.0f} img/s; "
-        f"speed-up {ev.speedup:.2f}x"
+        + (f"BN folded only: {folded.latency_ms:.2f} ms, {folded.throughput_img_s:.0f} img/s; " if folded else "")
+        + f"planned: {ev.planned.latency_ms:.2f} ms, {ev.planned.throughput_img_s:.0f} img/s; "
+        f"speed-up {ev.speedup:.2f}x" + _bn_folded_note(ev.bn_folded_speedup, ev.speedup_over_bn_folded)
     )
 
 
@@ -838,18 +1069,23 @@ def evaluate_cmd(
 @_errors
 def roofline_cmd(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Figure file (.png or .svg).")],
-    gpu: GpuOpt = "v100",
+    gpu: GpuOpt = None,
     plan: Annotated[Path | None, typer.Option(help="Also plot the merged layers of this plan.")] = None,
     batch_size: BatchOpt = 128,
     precision: PrecisionOpt = Precision.fp32,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: PlanModelOpt = None,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
+    input_size: InputSizeOpt = None,
 ) -> None:
     """The device's roofline with every layer of the network (and of the merged network) as a point."""
     import roofline as rl
 
-    ev = _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision)
+    _check_out(out_path, "--out", **{"--plan": plan, "--checkpoint": checkpoint})
+    _figure_suffix(out_path)
+    model, ev = _evaluation(
+        model, pretrained, checkpoint, plan, gpu, batch_size, precision.value, input_size=input_size
+    )
     points = rl.points_from_ops([c.spec for c in ev.baseline_ops], list(ev.baseline.op_times), "original layers")
     if plan is not None:
         merged = [
@@ -857,7 +1093,7 @@ def roofline_cmd(
         ]
         points += rl.points_from_ops([m[0] for m in merged], [m[1] for m in merged], "merged layers")
     title = f"{model} on {ev.device}, {ev.precision}, batch {ev.batch} (predicted; area = time)"
-    rl.plot_roofline(ev.device, ev.precision, points, out_path, title=title)
+    rl.plot_roofline(ev.device, ev.precision, points, out_path, title=title)  # written atomically
     out.print(f"wrote {out_path}")
 
 
@@ -866,17 +1102,19 @@ def roofline_cmd(
 def report_cmd(
     plan: Annotated[Path, typer.Option(help="The plan JSON.")],
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Figure file (.png or .svg).")],
-    gpu: GpuOpt = "v100",
+    gpu: GpuOpt = None,
     batch_size: BatchOpt = 128,
     precision: PrecisionOpt = Precision.fp32,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: PlanModelOpt = None,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
 ) -> None:
     """Per-block predicted latency of the original and the planned network, as bars."""
     import roofline as rl
 
-    ev = _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision)
+    _check_out(out_path, "--out", **{"--plan": plan, "--checkpoint": checkpoint})
+    _figure_suffix(out_path)
+    model, ev = _evaluation(model, pretrained, checkpoint, plan, gpu, batch_size, precision.value)
     blocks, before, after = ev.by_block()
     title = f"{model} on {ev.device}, {ev.precision}, batch {ev.batch}: predicted latency per block"
     rl.plot_latency_bars(blocks, before, after, out_path, title, before_label="original", after_label="planned")
@@ -892,32 +1130,52 @@ def profile_cmd(
             "--out", "-o", help="Profile file (default: profiles/<device>/<model>_b<B>_<precision>_<layout>.json)."
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
     precision: PrecisionOpt = Precision.fp32,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
-    warmup: Annotated[int, typer.Option(min=0)] = 2,
-    repeats: Annotated[int, typer.Option(min=1)] = 5,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs of each op, segment and network first.")] = 2,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs of each (median and IQR recorded).")] = 5,
     plan: Annotated[Path | None, typer.Option(help="Also time the network merged by this plan end to end.")] = None,
-    threads: Annotated[int | None, typer.Option(help="torch.set_num_threads (default: torch's).")] = None,
+    threads: ThreadsOpt = None,
     input_size: InputSizeOpt = None,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: PlanModelOpt = None,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
 ) -> None:
-    """Measure every op (torch.profiler), every candidate merged segment and the whole network."""
+    """Measure every op (torch.profiler), every candidate merged segment and the whole network. Ctrl-C keeps what
+    was measured in <out>.partial.json and never touches an existing profile."""
     import torch
     from rich.progress import Progress
 
-    from dsa.plan import load_plan
-    from dsa.profile import default_path, profile_model
+    import roofline as rl
+    from dsa.bench import resolve_device
+    from dsa.profile import partial_path, profile_model, profile_path
 
-    if threads:
+    device = resolve_device(device)
+    p = None
+    if plan is not None:
+        p, model = _plan_and_model(plan, model)
+    model = model or DEFAULT_MODEL
+    if threads is not None:
         torch.set_num_threads(threads)
-    p = load_plan(plan) if plan is not None else None
-    net, a = _model_and_analysis(model, pretrained, checkpoint, p.input_size if p else input_size)
+    inputs = {"--plan": plan, "--checkpoint": checkpoint}
+    if out_path is not None:  # checked before minutes of measuring; the default path needs the device's name
+        _check_out(out_path, "--out", **inputs)
+    net, a = _model_and_analysis(model, pretrained, checkpoint, input_size or (p.input_size if p else None))
     if p is not None:
         p.check(a)
+    spec = rl.measure_local_device(device, seconds=2.0)
+    layout = "channels_last" if channels_last else "nchw"
+    path = out_path or profile_path(spec.name, a.model_name, batch_size, precision.value, layout)
+    _check_out(path, "--out", **inputs)
+    _check_out(partial_path(path), "the partial profile (beside --out)", **inputs)
+    err.print(
+        f"profiling {a.model_name} on {spec.name} ({device}, batch {batch_size}, {a.input_size} px, "
+        f"{precision.value}, {layout}, {torch.get_num_threads()} threads, {repeats} repeats) -> {path}; Ctrl-C keeps "
+        "what was measured",
+        markup=False,
+    )
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("profiling", total=None)
 
@@ -934,20 +1192,28 @@ def profile_cmd(
             warmup=warmup,
             repeats=repeats,
             plan=p,
+            device_spec=spec,
             progress=progress,
         )
-    path = out_path or default_path(prof)
-    prof.save(path)
     e2e = prof.end_to_end
     summary = f"{len(prof.ops)} ops, {len(prof.segments)} candidate segments"
     if "original" in e2e:
         summary += f"; original {e2e['original']['images_per_s']:.1f} img/s"
     if "merged" in e2e:
         summary += f", merged {e2e['merged']['images_per_s']:.1f} img/s"
-    out.print(f"wrote {path}: {summary}")
     if not prof.complete:
-        err.print("interrupted: the profile holds what was measured before Ctrl-C")
+        kept = partial_path(path)
+        prof.save(kept)
+        before = f"{path} is unchanged" if path.exists() else f"nothing was written to {path}"
+        typer.echo(
+            f"error: interrupted (Ctrl-C): what was measured ({summary}) is kept in {kept} (complete: false); "
+            f"{before}; profile again to complete it",
+            err=True,
+        )
         raise typer.Exit(130)
+    prof.save(path)
+    partial_path(path).unlink(missing_ok=True)  # a complete profile supersedes an earlier interrupted one
+    out.print(f"wrote {path}: {summary}")
 
 
 @app.command("calibrate")
@@ -957,40 +1223,62 @@ def calibrate_cmd(
     device_out: Annotated[
         Path | None, typer.Option("--device-out", help="Also write the calibrated device file here.")
     ] = None,
-    model: ModelOpt = DEFAULT_MODEL,
+    allow_incomplete: AllowIncompleteOpt = False,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="The model (default: the one the profile was taken of).")
+    ] = None,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Fit the roofline efficiencies of the profiled device on a training split of the measured ops; the
-    calibration is stored in the profile (and optionally a device file)."""
+    calibration is stored in the profile (and optionally a device file), both written only if both can be."""
     import roofline as rl
     from dsa.calibrate import calibrate
-    from dsa.profile import load_profile
+    from dsa.io import Outputs
 
-    prof = load_profile(profile)
-    _, a = _model_and_analysis(model, pretrained, checkpoint, prof.input_size)
-    cal, prof = calibrate(a, prof)
-    prof.save(profile)
+    _check_out(profile, "--profile (rewritten with its calibration)")
     if device_out is not None:
-        rl.save_device(prof.device(), device_out)
+        _check_out(device_out, "--device-out", **{"--profile": profile, "--checkpoint": checkpoint})
+    a, prof = _profile_and_analysis(profile, model, pretrained, checkpoint, allow_incomplete)
+    cal, prof = calibrate(a, prof)
+    with Outputs() as outs:
+        prof.save(outs.stage(profile))
+        if device_out is not None:
+            rl.save_device(prof.device(), outs.stage(device_out))
     if fmt == Format.json:
         _emit_json(cal.to_dict())
         return
     effs = ", ".join(f"{k} {v:.3g}" for k, v in sorted(cal.compute_efficiency.items()))
+    mems = ", ".join(f"{k} {v:.3g}" for k, v in sorted(cal.memory_efficiency.items()))
     out.print(
-        f"calibrated {prof.device_name} on {cal.n_ops} items: compute efficiency {effs}; memory "
-        f"{', '.join(f'{v:.3g}' for v in sorted(set(cal.memory_efficiency.values())))}; launch {cal.launch_ms:.4f} ms; "
-        f"training median error {cal.median_abs_pct_error_uncalibrated:.1f}% -> {cal.median_abs_pct_error:.1f}%"
+        f"calibrated {prof.device_name} on {cal.n_ops} measured items: compute efficiency (share of peak) {effs}; "
+        f"memory efficiency (share of bandwidth) {mems}; launch overhead {cal.launch_ms:.4f} ms per op; median "
+        f"|error| on the fitted items {cal.median_abs_pct_error_uncalibrated:.1f}% uncalibrated -> "
+        f"{cal.median_abs_pct_error:.1f}% calibrated"
     )
     out.print(f"stored in {profile}" + (f" and {device_out}" if device_out else ""))
+
+
+def _profile_and_analysis(profile: Path, model, pretrained, checkpoint, allow_incomplete):
+    """A profile and the analysis of the network it was taken of (``--model`` default: the profile's)."""
+    from dsa.profile import load_profile
+
+    prof = load_profile(profile)
+    _, a = _model_and_analysis(model or prof.model, pretrained, checkpoint, prof.input_size)
+    prof.check_for(a, allow_incomplete=allow_incomplete, path=profile)
+    _incomplete_warning(prof, profile)
+    return a, prof
 
 
 @app.command("validate")
 @_errors
 def validate_cmd(
     profile: Annotated[Path, typer.Option("--profile", help="A measured profile (dsa profile).")],
-    model: ModelOpt = DEFAULT_MODEL,
+    allow_incomplete: AllowIncompleteOpt = False,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="The model (default: the one the profile was taken of).")
+    ] = None,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
     fmt: FormatOpt = Format.table,
@@ -998,10 +1286,8 @@ def validate_cmd(
     """How well the roofline predicts held-out measured segments and ops, and whole networks, before and
     after calibration."""
     from dsa.calibrate import validate
-    from dsa.profile import load_profile
 
-    prof = load_profile(profile)
-    _, a = _model_and_analysis(model, pretrained, checkpoint, prof.input_size)
+    a, prof = _profile_and_analysis(profile, model, pretrained, checkpoint, allow_incomplete)
     rep = validate(a, prof)
     if fmt == Format.json:
         _emit_json(rep)
@@ -1057,9 +1343,11 @@ DataOpt = Annotated[
     ),
 ]
 ImageSizeOpt = Annotated[
-    int | None, typer.Option("--image-size", min=8, help="Image resolution (default: the model's, or the run's).")
+    int | None,
+    typer.Option(
+        "--image-size", "--input-size", min=8, help="Image resolution in pixels (default: the model's, or the run's)."
+    ),
 ]
-ThreadsOpt = Annotated[int | None, typer.Option(help="torch.set_num_threads (default: torch's).")]
 
 
 def _pct(x: float | None) -> str:
@@ -1078,14 +1366,22 @@ def _print_train_summary(result) -> None:
     splits = list(acc)
     if s["plan"] is None:
         scores = ", ".join(f"{k} top-1 {_pct(v['top1'])}" for k, v in acc.items())
-        speed = f"; {bench['original']['images_per_s']:.1f} images/s" if bench else ""
+        speed = (
+            f"; inference {bench['original']['images_per_s']:.1f} images/s (batch {bench['batch_size']}, "
+            f"{bench['layout']}, {bench['threads']} threads, median of {bench['repeats']} on {bench['device']})"
+            if bench
+            else ""
+        )
         out.print(f"{s['model']} finetuned for {s['epochs']} epochs: {scores}{speed}")
     else:
-        t = Table("network", *[f"{k} top-1" for k in splits], "images/s", title=f"{s['model']} with {s['plan']}")
-        ips = {k: f"{bench[k]['images_per_s']:.1f}" if k in bench else "-" for k in ("original", "merged")}
+        t = Table(
+            "network", *[f"{k} top-1" for k in splits], "inference images/s", title=f"{s['model']} with {s['plan']}"
+        )
+        ips = {k: f"{bench[k]['images_per_s']:.1f}" if k in bench else "-" for k in ("original", "bn_folded", "merged")}
         t.add_row("merge-ready", *[_pct(acc[k]["merge_ready"]["top1"]) for k in splits], "-")
         t.add_row("merged", *[_pct(acc[k]["merged"]["top1"]) for k in splits], ips["merged"])
         t.add_row("original (speed only)", *["-" for _ in splits], ips["original"])
+        t.add_row("original, BN folded only (speed only)", *["-" for _ in splits], ips["bn_folded"])
         out.print(t)
         m = s["merge"]
         same = "equal" if s["merged_equals_merge_ready"] else "DIFFERENT"
@@ -1097,8 +1393,13 @@ def _print_train_summary(result) -> None:
         )
         if bench.get("speedup"):
             out.print(
-                f"measured speed-up {bench['speedup']:.2f}x (batch {bench['batch_size']}, {bench['layout']}, "
-                f"{bench['threads']} threads, {bench['repeats']} repeats, one run)"
+                f"measured speed-up {bench['speedup']:.2f}x over the original (inference)"
+                + _bn_folded_note(
+                    bench["original"] and bench["bn_folded"]["images_per_s"] / bench["original"]["images_per_s"],
+                    bench.get("speedup_over_bn_folded"),
+                )
+                + f" (batch {bench['batch_size']}, {bench['layout']}, {bench['threads']} threads, median of "
+                f"{bench['repeats']} interleaved runs on {bench['device']})"
             )
         e = s["export"]
         out.print(f"wrote {e['checkpoint']}, {e['torchscript']}" + (f", {e['onnx']}" if e.get("onnx") else ""))
@@ -1128,13 +1429,15 @@ def train_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=2, help="Images per step and process.")] = 32,
     lr: Annotated[float, typer.Option(help="Peak learning rate (cosine decay to 0 over the run).")] = 0.01,
     optimizer: Annotated[Optimizer, typer.Option(help="sgd (momentum 0.9) or adamw.")] = Optimizer.sgd,
-    weight_decay: Annotated[float | None, typer.Option(help="Default: 4e-5 (sgd), 0.05 (adamw).")] = None,
+    weight_decay: Annotated[
+        float | None, typer.Option(min=0.0, help="Weight decay (default: 4e-5 for sgd, 0.05 for adamw).")
+    ] = None,
     image_size: ImageSizeOpt = None,
     distill: Annotated[
         bool, typer.Option("--distill/--no-distill", help="With --plan: distil from the original network.")
     ] = True,
     kd_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the distillation loss.")] = 0.7,
-    temperature: Annotated[float, typer.Option(help="Distillation temperature.")] = 1.0,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature (> 0).")] = 1.0,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (bfloat16 on CPU, float16 on CUDA).")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC layout (training and timing).")] = False,
     num_workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
@@ -1142,7 +1445,7 @@ def train_cmd(
     max_steps_per_epoch: Annotated[
         int | None, typer.Option(min=1, help="Cut every epoch short after N steps (smoke runs).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda[:i].")] = "auto",
+    device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     bench_batch_size: Annotated[int, typer.Option(min=1, help="Batch of the final images/s measurement.")] = 32,
     bench_repeats: Annotated[int, typer.Option(min=0, help="Timed runs of that measurement (0: skip it).")] = 5,
@@ -1162,8 +1465,12 @@ def train_cmd(
 
     from dsa.train import TrainConfig, train
 
-    if threads:
+    if threads is not None:
         torch.set_num_threads(threads)
+    if resume:
+        _check_out(out_dir / "last.pt", "--out (the run directory)")
+    else:
+        _check_out(out_dir / "last.pt", "--out (the run directory)", **{"--checkpoint": checkpoint})
     cfg = TrainConfig(
         data=data,
         out=str(out_dir),
@@ -1229,6 +1536,8 @@ def train_cmd(
                 )
             elif event == "phase":
                 bar.update(task, completed=0, total=None, description=info["what"])
+            elif event == "progress":
+                bar.update(task, completed=info["completed"], total=info["total"])
 
         result = train(cfg, resume=resume, stop_after_epochs=stop_after_epochs, callback=on_event)
     finally:
@@ -1259,17 +1568,19 @@ def eval_cmd(
     plan: Annotated[Path | None, typer.Option(help="For a state_dict of a merge-ready network: its plan.")] = None,
     split: Annotated[Split, typer.Option(help="Which split to evaluate.")] = Split.val,
     image_size: ImageSizeOpt = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1)] = 64,
-    device: Annotated[str, typer.Option(help="cpu or cuda[:i].")] = "cpu",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 64,
+    device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Accuracy (top-1, and top-5 with >= 5 classes) of a trained or merged network on a dataset split."""
     import torch
 
+    from dsa.bench import resolve_device
     from dsa.train import evaluate_checkpoint
 
-    if threads:
+    device = resolve_device(device)
+    if threads is not None:
         torch.set_num_threads(threads)
     r = evaluate_checkpoint(
         checkpoint,
@@ -1299,10 +1610,7 @@ def importance_cmd(
     method: Annotated[str, typer.Option(help="linearity, removal-kl, gates or finetune.")] = "removal-kl",
     samples: Annotated[int, typer.Option(min=2, help="Calibration images (a seeded subset of the split).")] = 64,
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
-    image_size: Annotated[
-        int | None,
-        typer.Option("--image-size", "--input-size", min=8, help="Default: the model's or the checkpoint's."),
-    ] = None,
+    image_size: ImageSizeOpt = None,
     seed: Annotated[int, typer.Option()] = 0,
     steps: Annotated[int, typer.Option(min=1, help="gates / finetune: optimisation steps.")] = 20,
     time_budget: Annotated[float | None, typer.Option(help="finetune: stop after this many seconds.")] = None,
@@ -1325,7 +1633,10 @@ def importance_cmd(
         Path | None,
         typer.Option("--profile", help="gates: a measured profile; its calibrated device (and, if it matches, times)."),
     ] = None,
-    model: ModelOpt = DEFAULT_MODEL,
+    model: Annotated[
+        str | None,
+        typer.Option("--model", "-m", help=f"The model (default: {DEFAULT_MODEL}, or the checkpoint's)."),
+    ] = None,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
 ) -> None:
@@ -1342,22 +1653,29 @@ def importance_cmd(
 
     if method not in METHODS:
         raise DsaError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
-    if pretrained and checkpoint is not None:
-        raise DsaError("give --pretrained or --checkpoint, not both")
-    if gpu is not None and profile is not None:
-        raise DsaError("give --gpu or --profile for the latency term, not both (a profile names its device)")
+    _refuse_together(**{"--pretrained": pretrained, "--checkpoint": checkpoint})
+    _refuse_together(**{"--gpu": gpu, "--profile": profile})
+    if method != "gates":
+        only = [n for n, v in (("--gpu", gpu), ("--profile", profile)) if v is not None]
+        if only:
+            raise DsaError(f"{' and '.join(only)} only apply with --method gates (its latency term)")
+    if method != "finetune" and time_budget is not None:
+        raise DsaError("--time-budget only applies with --method finetune")
+    if time_budget is not None and not time_budget > 0:
+        raise DsaError(f"--time-budget must be a positive number of seconds, got {time_budget:g}")
+    _check_out(out_path, "--out", **{"--checkpoint": checkpoint, "--profile": profile})
     if checkpoint is not None:
         from dsa.train import load_for_eval
 
-        loaded = load_for_eval(checkpoint, model=None if model == DEFAULT_MODEL else model)
+        loaded = load_for_eval(checkpoint, model=model)
         if loaded.kind not in ("train", "state_dict"):
             raise DsaError(f"{checkpoint} holds a {loaded.kind} network; importance needs the original one")
         net, name, size = loaded.module.eval(), loaded.model, image_size or loaded.image_size
     else:
+        model = model or DEFAULT_MODEL
         net, name = create_model(model, pretrained=pretrained), model
         size = image_size or default_size(model)
     a = analyze(net, name, size)
-    batches, meta = calibration_batches(data, size, samples, batch_size, seed)
     kw: dict = {"blocks": blocks}
     if method in ("gates", "finetune"):
         kw["steps"] = steps
@@ -1367,6 +1685,8 @@ def importance_cmd(
         kw.update(keep_fraction=keep_fraction, latency_weight=latency_weight)
         if latency_weight > 0:
             kw["savings_ms"] = _activation_savings(a, gpu, profile)
+    batches, meta = calibration_batches(data, size, samples, batch_size, seed)
+    _random_weights_warning(pretrained, checkpoint, "importance scores of an untrained network mean little")
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task(method, total=None)
 
@@ -1401,7 +1721,7 @@ def _activation_savings(a, gpu: str | None, profile: Path | None) -> dict[str, f
         try:
             return activation_savings(a, rl.load_device(gpu), 128, "fp32")
         except rl.RooflineError:
-            profs = [q for q, _ in device_profiles("profiles", gpu)]
+            profs = [q for q, _ in device_profiles("profiles", gpu) if q.complete]
             if not profs:
                 raise
             same = [q for q in profs if q.matches(a.fingerprint, q.batch_size, q.precision, a.input_size)]
@@ -1411,7 +1731,12 @@ def _activation_savings(a, gpu: str | None, profile: Path | None) -> dict[str, f
 
 def _savings_on(a, prof) -> dict[str, float]:
     from dsa.costs import activation_savings
+    from dsa.errors import ArtifactError
 
+    if not prof.complete:
+        raise ArtifactError(
+            "the profile's field 'complete' is false (its measurement was interrupted); profile again, or give --gpu"
+        )
     same = prof.matches(a.fingerprint, prof.batch_size, prof.precision, a.input_size)
     return activation_savings(a, prof.device(), prof.batch_size, prof.precision, profile=prof if same else None)
 

@@ -33,6 +33,22 @@ class Timing:
         }
 
 
+def resolve_device(device: str) -> str:
+    """``auto`` (cuda when available, else cpu), ``cpu`` or ``cuda[:i]``; raises :class:`DsaError` for anything
+    else, or for CUDA on a machine without it."""
+    from dsa.errors import DsaError
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        return device
+    if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise DsaError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
+        return device
+    raise DsaError(f"--device must be auto, cpu or cuda[:i], got {device!r}")
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

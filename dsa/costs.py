@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import roofline as rl
 from dsa.errors import DsaError
 from dsa.graph import Analysis, Kind, Op, Segment
-from dsa.plan import Plan
+from dsa.plan import Plan, bn_folded_plan
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2}
 _POOL_TYPES = {
@@ -187,10 +187,20 @@ class Evaluation:
     source: str  # the model behind the roofline numbers
     baseline_sources: tuple[str, ...] = ()  # per op: "measured" or "roofline"
     planned_sources: tuple[str, ...] = ()
+    bn_folded: rl.NetworkTime | None = None  # the original with only its BNs folded
 
     @property
     def speedup(self) -> float:
         return self.baseline.latency_ms / self.planned.latency_ms
+
+    @property
+    def bn_folded_speedup(self) -> float | None:
+        """What BN folding alone gives over the original."""
+        return None if self.bn_folded is None else self.baseline.latency_ms / self.bn_folded.latency_ms
+
+    @property
+    def speedup_over_bn_folded(self) -> float | None:
+        return None if self.bn_folded is None else self.bn_folded.latency_ms / self.planned.latency_ms
 
     def sources(self) -> dict:
         count = lambda xs: {k: xs.count(k) for k in sorted(set(xs))}  # noqa: E731
@@ -248,6 +258,11 @@ class Evaluation:
             "baseline": {"latency_ms": self.baseline.latency_ms, "throughput": self.baseline.throughput_img_s},
             "planned": {"latency_ms": self.planned.latency_ms, "throughput": self.planned.throughput_img_s},
             "speedup": self.speedup,
+            "bn_folded": None
+            if self.bn_folded is None
+            else {"latency_ms": self.bn_folded.latency_ms, "throughput": self.bn_folded.throughput_img_s},
+            "bn_folded_speedup": self.bn_folded_speedup,
+            "speedup_over_bn_folded": self.speedup_over_bn_folded,
             "segments": self.segment_rows(),
         }
 
@@ -269,12 +284,15 @@ def evaluate(
     precision: str = "fp32",
     fuse_elementwise: bool = False,
     profile=None,
+    bn_folded: bool = True,
 ) -> Evaluation:
     """Predicted latency and throughput of the original and the planned network on ``device``.
 
     With a matching measured ``profile`` (a :class:`dsa.profile.Profile` of this model at this batch and
     precision), its device (and calibration) is used, and every op or merged segment it measured takes its
-    measured time; the rest comes from the (calibrated) roofline. Each op records its source."""
+    measured time; the rest comes from the (calibrated) roofline. Each op records its source. With
+    ``bn_folded``, the network with only its BNs folded (the plan that removes nothing) is priced too: the
+    baseline a plan's speed-up must beat to be a gain."""
     from dsa.profile import signature_of
 
     if profile is not None:
@@ -288,33 +306,41 @@ def evaluate(
         spec = profile.device()
     else:
         spec = rl.load_device(device)
-    base, planned, segments = planned_ops(a, plan, batch, precision)
     cal = spec.calibration if spec.calibration is not None and spec.calibration.precision == precision else None
-    b_times = rl.predict_ops([c.spec for c in base], spec, precision, cal, fuse_elementwise)
-    p_times = rl.predict_ops([c.spec for c in planned], spec, precision, cal, fuse_elementwise)
-    b_src = ["roofline"] * len(base)
-    p_src = ["roofline"] * len(planned)
-    if profile is not None:
-        for i, c in enumerate(base):
-            if c.spec.name in profile.ops:
-                b_times[i] = _measured(c.spec.name, profile.ops[c.spec.name].median_ms, c.spec.op_class.value)
-                b_src[i] = "measured"
-        last_seg = None
-        for i, c in enumerate(planned):
-            stat = None
-            if c.segment is not None:
-                seg = segments[c.segment]
-                last_seg = profile.segments.get(signature_of(seg)) if seg.merged else None
-                stat = last_seg["conv"] if last_seg else (profile.ops.get(seg.convs[0]) if not seg.merged else None)
-            elif c.spec.name.endswith("ds_act") and last_seg is not None and last_seg.get("act") is not None:
-                stat = last_seg["act"]
-            else:
-                stat = profile.ops.get(c.spec.name)
-            if stat is not None:
-                p_times[i] = _measured(c.spec.name, stat.median_ms, c.spec.op_class.value)
-                p_src[i] = "measured"
+
+    def priced(p: Plan):
+        base, planned, segments = planned_ops(a, p, batch, precision)
+        b_times = rl.predict_ops([c.spec for c in base], spec, precision, cal, fuse_elementwise)
+        p_times = rl.predict_ops([c.spec for c in planned], spec, precision, cal, fuse_elementwise)
+        b_src = ["roofline"] * len(base)
+        p_src = ["roofline"] * len(planned)
+        if profile is not None:
+            for i, c in enumerate(base):
+                if c.spec.name in profile.ops:
+                    b_times[i] = _measured(c.spec.name, profile.ops[c.spec.name].median_ms, c.spec.op_class.value)
+                    b_src[i] = "measured"
+            last_seg = None
+            for i, c in enumerate(planned):
+                stat = None
+                if c.segment is not None:
+                    seg = segments[c.segment]
+                    last_seg = profile.segments.get(signature_of(seg)) if seg.merged else None
+                    stat = last_seg["conv"] if last_seg else (profile.ops.get(seg.convs[0]) if not seg.merged else None)
+                elif c.spec.name.endswith("ds_act") and last_seg is not None and last_seg.get("act") is not None:
+                    stat = last_seg["act"]
+                else:
+                    stat = profile.ops.get(c.spec.name)
+                if stat is not None:
+                    p_times[i] = _measured(c.spec.name, stat.median_ms, c.spec.op_class.value)
+                    p_src[i] = "measured"
+        return base, planned, segments, b_times, p_times, b_src, p_src
+
+    base, planned, segments, b_times, p_times, b_src, p_src = priced(plan)
     b = _network(b_times, spec, precision, batch)
     p = _network(p_times, spec, precision, batch)
+    folded = None
+    if bn_folded:
+        folded = _network(priced(bn_folded_plan(a))[4], spec, precision, batch)
     source = f"roofline ({'calibrated' if cal else 'datasheet, uncalibrated'})"
     if profile is not None:
         source = f"profile of {profile.device_name} ({profile.layout}) + {source}"
@@ -330,6 +356,7 @@ def evaluate(
         source,
         tuple(b_src),
         tuple(p_src),
+        folded,
     )
 
 
@@ -347,7 +374,7 @@ def activation_savings(
     base = None
     out = {}
     for name in a.removable:
-        ev = evaluate(a, make_plan(a, [name]), device, batch, precision, profile=profile)
+        ev = evaluate(a, make_plan(a, [name]), device, batch, precision, profile=profile, bn_folded=False)
         base = ev.baseline.latency_ms if base is None else base
         out[name] = base - ev.planned.latency_ms
     return out

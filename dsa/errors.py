@@ -27,6 +27,15 @@ class PlanError(ArtifactError):
     """A plan is malformed, for another model, or names unknown activations."""
 
 
+class OutputError(ArtifactError):
+    """An output cannot be written where it was asked for (a directory, no permission, a read-only file system,
+    the same path as an input). Checked before long work starts; nothing is replaced when it is raised."""
+
+
+class InterruptedRunError(DsaError):
+    """The user interrupted a command (Ctrl-C); the message says what was kept and how to continue."""
+
+
 class MergeError(DsaError):
     """A segment could not be merged."""
 

@@ -32,15 +32,11 @@ def save_merged(model: nn.Module, plan: Plan, path: str | Path, **metadata) -> N
 
 def load_merged(path: str | Path, pretrained: bool = False) -> nn.Module:
     """Rebuild a merged network from :func:`save_merged`'s file (the model is rebuilt from the registry)."""
+    from dsa.io import read_torch
     from dsa.merge import merge
     from dsa.models import create_model
 
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError as e:
-        raise ArtifactError(f"merged checkpoint {path} does not exist") from e
-    except Exception as e:
-        raise ArtifactError(f"merged checkpoint {path} is not readable: {e}") from e
+    ckpt = read_torch(path, "merged checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "dsa.merged":
         raise ArtifactError(f"{path} is not a dsa merged checkpoint (field 'kind')")
     if ckpt.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:

