@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import sys
 import warnings
 from enum import Enum
@@ -171,13 +172,22 @@ def _emit_json(obj) -> None:
     sys.stdout.flush()
 
 
+def _gpu(gpu: str | None) -> str:
+    """``--gpu`` or the default; an empty name is an error, not the default."""
+    from dsa.errors import DsaError
+
+    if gpu is not None and not gpu.strip():
+        raise DsaError("--gpu: an empty device name was given; see `dsa devices` for the names")
+    return DEFAULT_GPU if gpu is None else gpu
+
+
 def _refuse_together(**given) -> None:
     """Refuse options that contradict each other: ``_refuse_together(**{"--gpu": gpu, "--profile": profile})``."""
     from dsa.errors import DsaError
 
     named = [k for k, v in given.items() if v not in (None, False, (), [])]
     if len(named) > 1:
-        raise DsaError(f"give {' or '.join(given)}, not both: {' and '.join(named)} contradict each other")
+        raise DsaError(f"give {' or '.join(named)}, not both: they contradict each other")
 
 
 def _check_out(path: Path | None, what: str, **inputs) -> Path:
@@ -192,7 +202,7 @@ def _model_and_analysis(model: str, pretrained: bool, checkpoint: Path | None, i
     from dsa.models import input_size as default_size
 
     net = create_model(model, pretrained=pretrained, checkpoint=checkpoint)
-    return net, analyze(net, model, default_size(model) if input_size is None else input_size)
+    return net, analyze(net, model, default_size(model) if input_size is None else input_size, strict_size=True)
 
 
 def _plan_and_model(plan_path: Path, model: str | None):
@@ -229,7 +239,10 @@ def models_cmd(fmt: FormatOpt = Format.table) -> None:
     for e in entries:
         t.add_row(e.name, e.source, e.description, "yes" if e.pretrained else "-")
     out.print(t)
-    out.print("Any other model: --model package.module:factory (a callable returning an nn.Module).")
+    out.print(
+        "Also accepted: any torchvision classification model name (torchvision.models.list_models()), any timm "
+        "model name (timm.list_models()), and package.module:factory (a callable returning an nn.Module)."
+    )
 
 
 @app.command("analyze")
@@ -404,6 +417,7 @@ def plan_cmd(
     elif len(given_targets) > 1:
         raise PlanError(f"give one target for the solver; got {' and '.join(given_targets)}")
     _refuse_together(**{"--gpu": gpu, "--profile": profile})
+    _gpu(gpu)
     _check_out(out_path, "--out", **{"--profile": profile, "--importance": importance, "--checkpoint": checkpoint})
     prec = precision.value if precision is not None else None
 
@@ -427,10 +441,10 @@ def plan_cmd(
             batch_size, prec = prof.batch_size, prof.precision
         batch_size, prec = batch_size or 128, prec or "fp32"
         if prof is None:
-            prof = _find_profile(gpu or DEFAULT_GPU, a, batch_size, prec, allow_incomplete)
+            prof = _find_profile(_gpu(gpu), a, batch_size, prec, allow_incomplete)
         planner = Planner(
             a,
-            gpu or DEFAULT_GPU,
+            _gpu(gpu),
             batch_size,
             prec,
             importance=scores,
@@ -470,6 +484,12 @@ def plan_cmd(
             except ValueError as e:
                 raise PlanError(f"--act-list must be comma-separated 0/1 values, got {act_list!r}") from e
         p = plan_from_act_list(a, keep_list)
+    unused = [n for n, v in (("--batch-size", batch_size), ("--precision", precision)) if v is not None]
+    if gpu is None and unused:
+        raise PlanError(
+            f"{' and '.join(unused)} only apply to the prediction a keep-list plan gets with --gpu; add --gpu G "
+            "or leave them out"
+        )
     prediction = None
     if gpu is not None:
         from dsa.costs import evaluate
@@ -685,13 +705,13 @@ def merge_cmd(
     from dsa.io import Outputs
     from dsa.merge import conv_count, merge
 
-    p, model = _plan_and_model(plan, model)
-    ts_path = out_path.with_name(out_path.stem + ".torchscript.pt")
     inputs = {"--plan": plan, "--checkpoint": checkpoint}
     _check_out(out_path, "--out", **inputs)
+    ts_path = out_path.with_name(out_path.stem + ".torchscript.pt")
     _check_out(ts_path, "TorchScript output (beside --out)", **inputs)
     if onnx is not None:
-        _check_out(onnx, "--onnx", **inputs, **{"--out": out_path})
+        _check_out(onnx, "--onnx", **inputs, **{"--out": out_path, "the TorchScript output": ts_path})
+    p, model = _plan_and_model(plan, model)
     meta: dict = {}
     if checkpoint is not None and _is_training_checkpoint(checkpoint):
         net, merged, p, meta = _merge_training_checkpoint(checkpoint, p, model, pretrained, plan)
@@ -885,6 +905,8 @@ def devices_cmd(
         from dsa.bench import resolve_device
         from dsa.io import staged
 
+        if seconds is not None and not math.isfinite(seconds):
+            raise DsaError(f"--seconds must be a finite number of seconds, got {seconds}")
         dev = resolve_device(device or "auto")
         if out_path is not None:
             _check_out(out_path, "--out")
@@ -956,8 +978,8 @@ def _evaluation(
         batch_size, precision = prof.batch_size, prof.precision
     else:
         batch_size, precision = batch_size or 128, precision or "fp32"
-        prof = _find_profile(gpu or DEFAULT_GPU, a, batch_size, precision, allow_incomplete)
-    return model, evaluate(a, p, gpu or DEFAULT_GPU, batch_size, precision, profile=prof)
+        prof = _find_profile(_gpu(gpu), a, batch_size, precision, allow_incomplete)
+    return model, evaluate(a, p, _gpu(gpu), batch_size, precision, profile=prof)
 
 
 def _find_profile(gpu: str, a, batch_size: int, precision: str, allow_incomplete: bool = False):
@@ -1152,7 +1174,11 @@ def profile_cmd(
     from dsa.bench import resolve_device
     from dsa.profile import partial_path, profile_model, profile_path
 
+    from dsa.errors import DsaError
+
     device = resolve_device(device)
+    if precision == Precision.tf32 and not device.startswith("cuda"):
+        raise DsaError("--precision tf32 is a CUDA tensor-core mode; a CPU computes fp32: use --precision fp32")
     p = None
     if plan is not None:
         p, model = _plan_and_model(plan, model)
@@ -1350,6 +1376,25 @@ ImageSizeOpt = Annotated[
 ]
 
 
+def _check_run_dir(out_dir: Path, data: str, plan: Path | None, checkpoint: Path | None) -> None:
+    """Every file a run writes is checked before training starts: last.pt, metrics and, with a plan, the
+    merged exports and plan.json (which must not be the input plan); the run never goes inside the dataset."""
+    from dsa.errors import DsaError
+
+    if str(out_dir) in ("", "."):
+        raise DsaError("--out: give a run directory (an empty path or '.' would scatter the run's files here)")
+    if Path(data).is_dir():
+        d, o = Path(data).resolve(), out_dir.resolve()
+        if o == d or d in o.parents:
+            raise DsaError(f"--out {out_dir} lies inside --data {data}; keep the run out of the dataset")
+    inputs = {"--plan": plan, "--checkpoint": checkpoint}
+    names = ["last.pt", "metrics.jsonl", "result.json"]
+    if plan is not None:
+        names += ["merged.pt", "merged.torchscript.pt", "merged.onnx", "plan.json"]
+    for name in names:
+        _check_out(out_dir / name, f"--out (the run's {name})", **inputs)
+
+
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}%"
 
@@ -1467,10 +1512,7 @@ def train_cmd(
 
     if threads is not None:
         torch.set_num_threads(threads)
-    if resume:
-        _check_out(out_dir / "last.pt", "--out (the run directory)")
-    else:
-        _check_out(out_dir / "last.pt", "--out (the run directory)", **{"--checkpoint": checkpoint})
+    _check_run_dir(out_dir, data, plan, checkpoint)
     cfg = TrainConfig(
         data=data,
         out=str(out_dir),
@@ -1675,7 +1717,7 @@ def importance_cmd(
         model = model or DEFAULT_MODEL
         net, name = create_model(model, pretrained=pretrained), model
         size = image_size or default_size(model)
-    a = analyze(net, name, size)
+    a = analyze(net, name, size, strict_size=True)
     kw: dict = {"blocks": blocks}
     if method in ("gates", "finetune"):
         kw["steps"] = steps
@@ -1717,7 +1759,7 @@ def _activation_savings(a, gpu: str | None, profile: Path | None) -> dict[str, f
     from dsa.profile import device_profiles, load_profile
 
     if profile is None:
-        gpu = gpu or "v100"
+        gpu = _gpu(gpu)
         try:
             return activation_savings(a, rl.load_device(gpu), 128, "fp32")
         except rl.RooflineError:

@@ -643,8 +643,10 @@ def _check_input_size(gm: fx.GraphModule, example: torch.Tensor, name: str, inpu
         )
 
 
-def analyze(model: nn.Module, model_name: str = "", input_size: int = 224) -> Analysis:
-    """Trace ``model`` and lower it to the IR; find activation sites and what cannot be analysed."""
+def analyze(model: nn.Module, model_name: str = "", input_size: int = 224, *, strict_size: bool = False) -> Analysis:
+    """Trace ``model`` and lower it to the IR; find activation sites and what cannot be analysed. With
+    ``strict_size`` (the CLI's ``--input-size``), an input smaller than the network's total stride is refused
+    (the merge math holds at any size; a network run on it mostly sees padding)."""
     gm = trace(model)
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
         raise AnalysisError(f"input size must be a positive integer, got {input_size!r}")
@@ -658,7 +660,8 @@ def analyze(model: nn.Module, model_name: str = "", input_size: int = 224) -> An
             f"running {model_name or type(model).__name__} on a 1x3x{input_size}x{input_size} input failed: "
             f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''} (try another --input-size)"
         ) from e
-    _check_input_size(gm, example, model_name or type(model).__name__, input_size)
+    if strict_size:
+        _check_input_size(gm, example, model_name or type(model).__name__, input_size)
     ops, findings = _lower(gm, model)
     users: dict[str, list[str]] = {i: [] for i in ops}
     for op in ops.values():

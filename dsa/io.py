@@ -167,6 +167,7 @@ class Outputs:
         self._staged.clear()
 
     def commit(self) -> None:
+        final = Path()
         try:
             for tmp, _ in self._staged:
                 os.chmod(tmp, _umask_mode())
@@ -174,7 +175,7 @@ class Outputs:
                 os.replace(tmp, final)
         except OSError as e:
             self.discard()
-            raise OutputError(f"cannot write the outputs: {_why(e)}") from e
+            raise OutputError(f"cannot write {final}: {_why(e)}") from e
         self._staged.clear()
 
     def __enter__(self) -> Outputs:

@@ -113,6 +113,16 @@ class Plan:
         for i, name in enumerate(self.boundaries):
             if name not in analysis.by_name:
                 raise PlanError(f"field 'boundaries[{i}]': {name!r} is not an op of {analysis.model_name}")
+        if self.segments:  # recorded by make_plan; a plan without them (written by hand) is not checked here
+            induced = [s.to_json() for s in self.induced_segments(analysis) if s.merged]
+            if [tuple(s.get("convs", ())) for s in self.segments] != [tuple(s["convs"]) for s in induced] or any(
+                list(s.get("kernel", ())) != list(t["kernel"]) for s, t in zip(self.segments, induced, strict=True)
+            ):
+                raise PlanError(
+                    "field 'segments' does not match the segments that 'removed', 'added' and 'boundaries' induce "
+                    f"on {analysis.model_name} (the file was edited or is damaged); remake the plan, or drop its "
+                    "'segments' to have them derived"
+                )
 
     def induced_segments(self, analysis: Analysis):
         return analysis.segments(self.removed, [a.after for a in self.added], self.boundaries)

@@ -184,6 +184,8 @@ class Profile:
 def _stat(d: Any, where: str, path: str) -> Stat:
     if not isinstance(d, dict):
         raise ArtifactError(f"profile {path}: field {where!r} must be an object with median_ms")
+    if any(isinstance(d.get(k), bool) for k in ("median_ms", "iqr_ms", "n")):
+        raise ArtifactError(f"profile {path}: field '{where}' holds true/false where a number belongs")
     try:
         s = Stat(float(d["median_ms"]), float(d.get("iqr_ms", 0.0)), int(d.get("n", 1)))
     except (KeyError, TypeError, ValueError) as e:
@@ -247,6 +249,12 @@ def profile_from_json(d: Any, path: str = "<memory>") -> Profile:
             raise ArtifactError(f"profile {path}: field {key!r} is missing or not a {typ.__name__}")
     if d["precision"] not in TORCH_DTYPES:
         raise ArtifactError(f"profile {path}: field 'precision' is {d['precision']!r}")
+    if d["layout"] not in ("nchw", "channels_last"):
+        raise ArtifactError(f"profile {path}: field 'layout' is {d['layout']!r}, expected 'nchw' or 'channels_last'")
+    for key in ("warmup", "repeats"):
+        v = d.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ArtifactError(f"profile {path}: field {key!r} must be an integer >= 0, got {v!r}")
     try:
         rl.DeviceSpec.from_dict(d["device_spec"], f"profile {path} device_spec")
     except rl.RooflineError as e:
@@ -486,6 +494,8 @@ def profile_model(
         raise DsaError(f"--device {device}: CUDA is not available here; use --device cpu")
     if precision not in TORCH_DTYPES:
         raise DsaError(f"unknown precision {precision!r}; choose one of {', '.join(TORCH_DTYPES)}")
+    if precision == "tf32" and dev.type != "cuda":
+        raise DsaError("--precision tf32 is a CUDA tensor-core mode; a CPU computes fp32: use --precision fp32")
     dtype = TORCH_DTYPES[precision]
     if dev.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"

@@ -597,6 +597,12 @@ def _kept(path: Path, epochs_done: int) -> str:
     return "no checkpoint was written yet"
 
 
+def _continue_hint(path: Path) -> str:
+    if path.exists():
+        return "continue with the same options and --resume"
+    return "run the same command again (without --resume) to start over"
+
+
 class _Loop:
     """The state of one training process: networks, optimizer, schedule, scaler, and one step of training."""
 
@@ -737,7 +743,7 @@ def _run(cfg: TrainConfig, d: DistInfo, resume: bool, stop_after: int | None, no
             else (f"in epoch {loop.epoch + 1}/{cfg.epochs}")
         )
         raise InterruptedRunError(
-            f"interrupted {where}; {_kept(ckpt_path, loop.epoch)}; continue with the same options and --resume"
+            f"interrupted {where}; {_kept(ckpt_path, loop.epoch)}; {_continue_hint(ckpt_path)}"
         ) from None
 
 

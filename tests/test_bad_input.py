@@ -20,6 +20,7 @@ from dsa import analyze, create_model, merge, plan_from_act_list, remove_all_pla
 from dsa.export import save_merged
 from dsa.profile import profile_model
 from tests.cli_helpers import dsa, ok, user_error
+from tests.test_data import write_folder
 
 TINY = "tests.tiny_models:tiny_mbv2"
 SE = "tests.tiny_models:tiny_se"
@@ -63,6 +64,16 @@ def w(tmp_path_factory) -> dict[str, Path]:
     (d / "garbage.pt").write_bytes(os.urandom(256))
     (d / "json.pt").write_text('{"not": "a checkpoint"}')
     torch.save({"model": torch.nn.ReLU()}, d / "object.pt")
+    plan_doc = plan.to_json()
+    (d / "edited_segments.json").write_text(json.dumps({**plan_doc, "removed": plan_doc["removed"][:2]}))
+    (d / "bool_median.json").write_text(
+        json.dumps({**doc, "ops": {k: {**v, "median_ms": True} for k, v in doc["ops"].items()}})
+    )
+    (d / "weird_layout.json").write_text(json.dumps({**doc, "layout": "weird"}))
+    (d / "negative_repeats.json").write_text(json.dumps({**doc, "repeats": -4}))
+    write_folder(d / "data", classes=2, per_split={"train": 2, "val": 1})
+    (d / "run_with_plan").mkdir()
+    (d / "run_with_plan" / "plan.json").write_bytes((d / "plan.json").read_bytes())
     (d / "a_dir").mkdir()
     (d / "empty_run").mkdir()
     (d / "a_file").write_text("x")
@@ -279,6 +290,41 @@ CASES = [
         "field 'fingerprint'",
         "leave out --model",
     ),
+    # ---- found by an adversarial review after the first pass
+    C("merge-out-empty", "merge --plan {plan} --out=", "empty path"),
+    C(
+        "merge-onnx-is-the-torchscript",
+        "merge --plan {plan} --out {w}/m5.pt --onnx {w}/m5.torchscript.pt",
+        "is also the input the TorchScript output",
+    ),
+    C("train-out-inside-data", f"train {P} --data {{data}} --out {{data}}/run", "lies inside --data"),
+    C("train-out-is-data", f"train {P} --data {{data}} --out {{data}}", "lies inside --data"),
+    C("train-out-empty", f"train {P} --data {{data}} --out=", "give a run directory"),
+    C(
+        "train-plan-inside-run",
+        f"train {P} --data {{data}} --out {{run_with_plan}} --plan {{run_with_plan}}/plan.json",
+        "is also the input --plan",
+        unchanged=["run_with_plan/plan.json"],
+    ),
+    C(
+        "keep-list-batch-without-gpu",
+        f"plan {P} --remove-all --batch-size 64 --out {{w}}/p.json",
+        "--batch-size only apply",
+        "add --gpu",
+    ),
+    C(
+        "keep-list-precision-without-gpu",
+        f"plan {P} --remove-all --precision fp16 --out {{w}}/p.json",
+        "--precision only apply",
+    ),
+    C("gpu-empty", "evaluate --plan {plan} --gpu=", "empty device name"),
+    C("seconds-inf", "devices --measure --seconds inf", "finite number"),
+    C("profile-tf32-on-cpu", f"profile {P} --device cpu --precision tf32 --out {{w}}/p.json", "CUDA tensor-core"),
+    C("plan-segments-edited", "analyze --plan {edited_segments}", "field 'segments' does not match"),
+    C("merge-plan-segments-edited", "merge --plan {edited_segments} --out {w}/m.pt", "field 'segments' does not match"),
+    C("profile-bool-time", f"plan {P} --target-speedup 1.1 --profile {{bool_median}}", "true/false"),
+    C("profile-weird-layout", f"plan {P} --target-speedup 1.1 --profile {{weird_layout}}", "field 'layout'"),
+    C("profile-negative-repeats", "validate --profile {negative_repeats}", "field 'repeats'"),
     # ---- feedback
     C("input-size-1", "analyze --model mobilenet_v2 --input-size 1", "below mobilenet_v2's total stride (32 px)"),
     C("input-size-7", "analyze --model mobilenet_v2 --input-size 7", "give --input-size 32 or more"),
@@ -293,6 +339,11 @@ CASES = [
 ]
 
 
+def _named(w: dict[str, Path], name: str) -> Path:
+    head, _, rest = name.partition("/")
+    return w[head] / rest if rest else w[head]
+
+
 def _fmt(s: str, w: dict[str, Path]) -> str:
     return s.format(**{k: str(v) for k, v in w.items()})
 
@@ -304,12 +355,12 @@ def _temp_files(d: Path) -> list[Path]:
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_bad_input(case: Case, w: dict[str, Path]) -> None:
     argv = [_fmt(a, w) for a in case.argv]
-    before = {n: w[n].read_bytes() for n in case.unchanged}
+    before = {n: _named(w, n).read_bytes() for n in case.unchanged}
     result = dsa(*argv)
     assert result.exit_code == case.code
     user_error(result, *case.fragments)
     for n, data in before.items():
-        assert w[n].read_bytes() == data, f"{n} was changed"
+        assert _named(w, n).read_bytes() == data, f"{n} was changed"
     for a in case.absent:
         assert not Path(_fmt(a, w)).exists(), a
     assert not _temp_files(w["w"])
@@ -319,7 +370,7 @@ def test_the_table_covers_every_command() -> None:
     commands = {c.argv[0] for c in CASES}
     assert {"plan", "merge", "bench", "devices", "evaluate", "roofline", "report", "profile", "calibrate",
             "validate", "train", "eval", "importance", "analyze", "pareto"} <= commands  # fmt: skip
-    assert len(CASES) >= 60
+    assert len(CASES) >= 90
 
 
 # ------------------------------------------------------------------------------------------ what works instead
