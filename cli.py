@@ -181,6 +181,20 @@ def _gpu(gpu: str | None) -> str:
     return DEFAULT_GPU if gpu is None else gpu
 
 
+def _given(**kw) -> dict:
+    """The options the user gave (the library's defaults apply to the rest)."""
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def _only_with(condition: bool, what: str, **options) -> None:
+    """Refuse options that would be silently ignored: ``options`` apply only when ``condition`` (``what``)."""
+    from dsa.errors import DsaError
+
+    given = [k for k, v in options.items() if v is not None]
+    if given and not condition:
+        raise DsaError(f"{' and '.join(given)} only apply with {what}; leave them out or add {what}")
+
+
 def _refuse_together(**given) -> None:
     """Refuse options that contradict each other: ``_refuse_together(**{"--gpu": gpu, "--profile": profile})``."""
     from dsa.errors import DsaError
@@ -1172,9 +1186,8 @@ def profile_cmd(
 
     import roofline as rl
     from dsa.bench import resolve_device
-    from dsa.profile import partial_path, profile_model, profile_path
-
     from dsa.errors import DsaError
+    from dsa.profile import partial_path, profile_model, profile_path
 
     device = resolve_device(device)
     if precision == Precision.tf32 and not device.startswith("cuda"):
@@ -1479,10 +1492,13 @@ def train_cmd(
     ] = None,
     image_size: ImageSizeOpt = None,
     distill: Annotated[
-        bool, typer.Option("--distill/--no-distill", help="With --plan: distil from the original network.")
-    ] = True,
-    kd_weight: Annotated[float, typer.Option(min=0.0, max=1.0, help="Weight of the distillation loss.")] = 0.7,
-    temperature: Annotated[float, typer.Option(help="Distillation temperature (> 0).")] = 1.0,
+        bool | None,
+        typer.Option("--distill/--no-distill", help="With --plan: distil from the original network (default: on)."),
+    ] = None,
+    kd_weight: Annotated[
+        float | None, typer.Option(min=0.0, max=1.0, help="With --plan: weight of the distillation loss (0.7).")
+    ] = None,
+    temperature: Annotated[float | None, typer.Option(help="With --plan: distillation temperature (> 0; 1).")] = None,
     amp: Annotated[bool, typer.Option("--amp", help="Mixed precision (bfloat16 on CPU, float16 on CUDA).")] = False,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC layout (training and timing).")] = False,
     num_workers: Annotated[int, typer.Option(min=0, help="DataLoader worker processes.")] = 0,
@@ -1492,9 +1508,13 @@ def train_cmd(
     ] = None,
     device: DeviceOpt = "auto",
     threads: ThreadsOpt = None,
-    bench_batch_size: Annotated[int, typer.Option(min=1, help="Batch of the final images/s measurement.")] = 32,
+    bench_batch_size: Annotated[
+        int | None, typer.Option(min=1, help="Batch of the final images/s measurement (default: 32).")
+    ] = None,
     bench_repeats: Annotated[int, typer.Option(min=0, help="Timed runs of that measurement (0: skip it).")] = 5,
-    onnx: Annotated[bool, typer.Option("--onnx/--no-onnx", help="With --plan: also export ONNX.")] = True,
+    onnx: Annotated[
+        bool | None, typer.Option("--onnx/--no-onnx", help="With --plan: also export ONNX (default: on).")
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last.pt.")] = False,
     stop_after_epochs: Annotated[
         int | None, typer.Option(min=1, help="End this process after N epochs (continue later with --resume).")
@@ -1513,6 +1533,13 @@ def train_cmd(
     if threads is not None:
         torch.set_num_threads(threads)
     _check_run_dir(out_dir, data, plan, checkpoint)
+    _only_with(
+        plan is not None,
+        "--plan",
+        **{"--distill/--no-distill": distill, "--kd-weight": kd_weight, "--temperature": temperature},
+        **{"--onnx/--no-onnx": onnx},
+    )
+    _only_with(bench_repeats > 0, "--bench-repeats > 0", **{"--bench-batch-size": bench_batch_size})
     cfg = TrainConfig(
         data=data,
         out=str(out_dir),
@@ -1526,18 +1553,15 @@ def train_cmd(
         optimizer=optimizer.value,
         weight_decay=weight_decay,
         image_size=image_size,
-        distill=distill,
-        kd_weight=kd_weight,
-        temperature=temperature,
+        **_given(distill=distill, kd_weight=kd_weight, temperature=temperature),
         amp=amp,
         channels_last=channels_last,
         num_workers=num_workers,
         seed=seed,
         max_steps_per_epoch=max_steps_per_epoch,
         device=device,
-        bench_batch_size=bench_batch_size,
+        **_given(bench_batch_size=bench_batch_size, onnx=onnx),
         bench_repeats=bench_repeats,
-        onnx=onnx,
     )
     main_rank = os.environ.get("RANK", "0") in ("", "0")
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
@@ -1654,17 +1678,17 @@ def importance_cmd(
     batch_size: Annotated[int, typer.Option(min=1)] = 16,
     image_size: ImageSizeOpt = None,
     seed: Annotated[int, typer.Option()] = 0,
-    steps: Annotated[int, typer.Option(min=1, help="gates / finetune: optimisation steps.")] = 20,
+    steps: Annotated[int | None, typer.Option(min=1, help="gates / finetune: optimisation steps (20).")] = None,
     time_budget: Annotated[float | None, typer.Option(help="finetune: stop after this many seconds.")] = None,
     blocks: Annotated[
         bool, typer.Option("--blocks/--no-blocks", help="Also score each block merged DepthShrinker style.")
     ] = True,
     keep_fraction: Annotated[
-        float, typer.Option(min=0.0, max=1.0, help="gates: share of activations the top-k mask keeps.")
-    ] = 0.5,
+        float | None, typer.Option(min=0.0, max=1.0, help="gates: share of activations the top-k mask keeps (0.5).")
+    ] = None,
     latency_weight: Annotated[
-        float, typer.Option(min=0.0, help="gates: weight of the latency term (0: accuracy only).")
-    ] = 0.01,
+        float | None, typer.Option(min=0.0, help="gates: weight of the latency term (0: accuracy only; 0.01).")
+    ] = None,
     gpu: Annotated[
         str | None,
         typer.Option(
@@ -1703,6 +1727,13 @@ def importance_cmd(
             raise DsaError(f"{' and '.join(only)} only apply with --method gates (its latency term)")
     if method != "finetune" and time_budget is not None:
         raise DsaError("--time-budget only applies with --method finetune")
+    _only_with(method in ("gates", "finetune"), "--method gates or finetune", **{"--steps": steps})
+    _only_with(
+        method == "gates", "--method gates", **{"--keep-fraction": keep_fraction, "--latency-weight": latency_weight}
+    )
+    steps = 20 if steps is None else steps
+    keep_fraction = 0.5 if keep_fraction is None else keep_fraction
+    latency_weight = 0.01 if latency_weight is None else latency_weight
     if time_budget is not None and not time_budget > 0:
         raise DsaError(f"--time-budget must be a positive number of seconds, got {time_budget:g}")
     _check_out(out_path, "--out", **{"--checkpoint": checkpoint, "--profile": profile})

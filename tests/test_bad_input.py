@@ -325,6 +325,31 @@ CASES = [
     C("profile-bool-time", f"plan {P} --target-speedup 1.1 --profile {{bool_median}}", "true/false"),
     C("profile-weird-layout", f"plan {P} --target-speedup 1.1 --profile {{weird_layout}}", "field 'layout'"),
     C("profile-negative-repeats", "validate --profile {negative_repeats}", "field 'repeats'"),
+    C(
+        "train-kd-weight-without-plan",
+        f"train {P} --data {{data}} --out {{w}}/r1 --kd-weight 0.5",
+        "--kd-weight only apply with --plan",
+    ),
+    C(
+        "train-no-onnx-without-plan",
+        f"train {P} --data {{data}} --out {{w}}/r1 --no-onnx",
+        "--onnx/--no-onnx only apply with --plan",
+    ),
+    C(
+        "train-bench-batch-without-bench",
+        f"train {P} --data {{data}} --out {{w}}/r1 --bench-repeats 0 --bench-batch-size 4",
+        "--bench-batch-size only apply with --bench-repeats > 0",
+    ),
+    C(
+        "importance-keep-fraction-not-gates",
+        f"importance {P} --data elpv --keep-fraction 0.3 --out {{w}}/i.json",
+        "--keep-fraction only apply with --method gates",
+    ),
+    C(
+        "importance-steps-removal-kl",
+        f"importance {P} --data elpv --steps 5 --out {{w}}/i.json",
+        "--steps only apply with --method gates or finetune",
+    ),
     # ---- feedback
     C("input-size-1", "analyze --model mobilenet_v2 --input-size 1", "below mobilenet_v2's total stride (32 px)"),
     C("input-size-7", "analyze --model mobilenet_v2 --input-size 7", "give --input-size 32 or more"),
@@ -370,7 +395,7 @@ def test_the_table_covers_every_command() -> None:
     commands = {c.argv[0] for c in CASES}
     assert {"plan", "merge", "bench", "devices", "evaluate", "roofline", "report", "profile", "calibrate",
             "validate", "train", "eval", "importance", "analyze", "pareto"} <= commands  # fmt: skip
-    assert len(CASES) >= 90
+    assert len(CASES) >= 95
 
 
 # ------------------------------------------------------------------------------------------ what works instead
