@@ -87,7 +87,7 @@ def test_sigint_during_train_keeps_the_last_checkpoint_and_says_resume(tmp_path:
     run = tmp_path / "run"
     proc = _start(
         "train", "--data", str(data), "--model", TINY, "--image-size", "32", "--epochs", "50", "--batch-size", "2",
-        "--lr", "0.01", "--threads", "1", "--bench-repeats", "0", "--no-onnx", "--out", str(run), cwd=tmp_path,
+        "--lr", "0.01", "--threads", "1", "--bench-repeats", "0", "--out", str(run), cwd=tmp_path,
     )  # fmt: skip
     stdout, stderr = _interrupt_after(proc, "epoch 1/50:")
     assert proc.returncode == 130, stderr
@@ -99,7 +99,7 @@ def test_sigint_during_train_keeps_the_last_checkpoint_and_says_resume(tmp_path:
     # a second interrupt in the resumed run leaves that checkpoint byte-identical
     proc = _start(
         "train", "--data", str(data), "--model", TINY, "--image-size", "32", "--epochs", "50", "--batch-size", "2",
-        "--lr", "0.01", "--threads", "1", "--bench-repeats", "0", "--no-onnx", "--out", str(run), "--resume",
+        "--lr", "0.01", "--threads", "1", "--bench-repeats", "0", "--out", str(run), "--resume",
         cwd=tmp_path,
     )  # fmt: skip
     stdout, stderr = _interrupt_after(proc, "resuming after epoch 1")
