@@ -53,6 +53,7 @@ from dsa.graph import (
     cut_run,
     linear_runs,
     make_segment,
+    signature_of,
 )
 
 SEGMENT, KEEP, CUT, ENTER, ADD = "segment", "keep", "cut", "enter", "add"
@@ -155,8 +156,6 @@ class ProfileCosts(RooflineCosts):
         return stat.median_ms
 
     def _segment_entry(self, seg: Segment):
-        from dsa.profile import signature_of
-
         return self.profile.segments.get(signature_of(seg)) if seg.merged else None
 
     def segment_ms(self, seg: Segment) -> float:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import roofline as rl
 from dsa.errors import DsaError
-from dsa.graph import Analysis, Kind, Op, Segment
+from dsa.graph import Analysis, Kind, Op, Segment, signature_of
 from dsa.plan import Plan, bn_folded_plan
 
 DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2}
@@ -293,8 +293,6 @@ def evaluate(
     measured time; the rest comes from the (calibrated) roofline. Each op records its source. With
     ``bn_folded``, the network with only its BNs folded (the plan that removes nothing) is priced too: the
     baseline a plan's speed-up must beat to be a gain."""
-    from dsa.profile import signature_of
-
     if profile is not None:
         if not profile.matches(a.fingerprint, batch, precision, a.input_size):
             raise DsaError(

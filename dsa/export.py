@@ -34,7 +34,7 @@ def load_merged(path: str | Path, pretrained: bool = False) -> nn.Module:
     """Rebuild a merged network from :func:`save_merged`'s file (the model is rebuilt from the registry)."""
     from dsa.io import read_torch
     from dsa.merge import merge
-    from dsa.models import create_model
+    from dsa.models import create_model, replace_head
 
     ckpt = read_torch(path, "merged checkpoint")
     if not isinstance(ckpt, dict) or ckpt.get("kind") != "dsa.merged":
@@ -48,8 +48,6 @@ def load_merged(path: str | Path, pretrained: bool = False) -> nn.Module:
     model = create_model(plan.model, pretrained=pretrained)
     num_classes = (ckpt.get("metadata") or {}).get("num_classes")
     if num_classes:  # finetuned with a new head (dsa train): rebuild that head before merging
-        from dsa.train import replace_head
-
         replace_head(model, int(num_classes))
     merged = merge(model, plan)
     try:

@@ -683,6 +683,18 @@ def analyze(model: nn.Module, model_name: str = "", input_size: int = 224, *, st
 # ------------------------------------------------------------------------------------------- segments
 
 
+def segment_signature(c_in: int, c_out: int, kernel, stride, groups: int, h_in: int, w_in: int) -> str:
+    """Key of a merged conv's shape: the same shape costs the same, whichever layers it came from."""
+    return f"c{c_in}-{c_out}_k{kernel[0]}x{kernel[1]}_s{stride[0]}x{stride[1]}_g{groups}_in{h_in}x{w_in}"
+
+
+def signature_of(seg: Segment) -> str:
+    groups = seg.groups
+    return segment_signature(
+        seg.in_channels, seg.out_channels, seg.kernel, seg.stride, groups, seg.in_shape[1], seg.in_shape[2]
+    )
+
+
 @dataclass
 class ResidualUnit:
     """A residual block with a linear branch and identity shortcut: x -> branch -> add(x)."""

@@ -243,3 +243,42 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> None:
         problems.append(f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[0]})")
     if problems:
         raise ModelError(f"checkpoint {path} does not fit the model: " + "; ".join(problems))
+
+
+# ------------------------------------------------------------------------------------------ classifier heads
+
+
+def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
+    """Qualified name and module of the classifier: timm's ``get_classifier()``, else the last ``nn.Linear``
+    (torchvision's ``classifier[-1]`` / ``fc``)."""
+    names = {id(m): n for n, m in model.named_modules()}
+    get = getattr(model, "get_classifier", None)
+    if callable(get):
+        head = get()
+        if isinstance(head, nn.Linear) and id(head) in names:
+            return names[id(head)], head
+    last = None
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Linear):
+            last = (name, m)
+    if last is None:
+        raise ModelError(
+            f"{type(model).__name__} has no nn.Linear classifier; dsa train replaces the last nn.Linear "
+            "(or timm's classifier) to fit the dataset's classes"
+        )
+    return last
+
+
+def replace_head(model: nn.Module, num_classes: int) -> bool:
+    """Give the model a fresh ``num_classes``-way classifier if it has another width; True if replaced."""
+    name, head = classifier_head(model)
+    if head.out_features == num_classes:
+        return False
+    if callable(getattr(model, "reset_classifier", None)):
+        model.reset_classifier(num_classes)
+        new_name, new = classifier_head(model)
+        if new_name == name and new.out_features == num_classes:
+            return True
+    new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
+    model.set_submodule(name, new)
+    return True

@@ -35,7 +35,7 @@ from torch import nn
 import roofline as rl
 from dsa.costs import dtype_bytes, op_spec
 from dsa.errors import ArtifactError, DsaError
-from dsa.graph import Analysis, Segment
+from dsa.graph import Analysis, Segment, segment_signature, signature_of
 from dsa.io import atomic_write_json, read_json, without_profiler_noise
 from dsa.plan import Plan, remove_all_plan
 
@@ -63,18 +63,6 @@ class Stat:
 
     def to_json(self) -> dict:
         return {"median_ms": self.median_ms, "iqr_ms": self.iqr_ms, "n": self.n}
-
-
-def segment_signature(c_in: int, c_out: int, kernel, stride, groups: int, h_in: int, w_in: int) -> str:
-    """Key of a merged conv's shape: the same shape costs the same, whichever layers it came from."""
-    return f"c{c_in}-{c_out}_k{kernel[0]}x{kernel[1]}_s{stride[0]}x{stride[1]}_g{groups}_in{h_in}x{w_in}"
-
-
-def signature_of(seg: Segment) -> str:
-    groups = seg.groups
-    return segment_signature(
-        seg.in_channels, seg.out_channels, seg.kernel, seg.stride, groups, seg.in_shape[1], seg.in_shape[2]
-    )
 
 
 @dataclass(frozen=True)
@@ -658,6 +646,7 @@ __all__ = [
     "candidate_segments",
     "measured_items",
     "signature_of",
+    "segment_signature",
     "default_path",
     "profile_path",
     "partial_path",

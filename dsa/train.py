@@ -59,7 +59,7 @@ from dsa.errors import (
     TrainingError,
 )
 from dsa.io import Outputs, atomic_torch_save, atomic_write_json
-from dsa.models import DEFAULT_MODEL, create_model, input_size
+from dsa.models import DEFAULT_MODEL, classifier_head, create_model, input_size, replace_head
 
 CHECKPOINT_KIND = "dsa.train"
 CHECKPOINT_SCHEMA_VERSION = 1
@@ -220,42 +220,6 @@ def _barrier(d: DistInfo) -> None:
 
 
 # ------------------------------------------------------------------------------------------ models
-
-
-def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:
-    """Qualified name and module of the classifier: timm's ``get_classifier()``, else the last ``nn.Linear``
-    (torchvision's ``classifier[-1]`` / ``fc``)."""
-    names = {id(m): n for n, m in model.named_modules()}
-    get = getattr(model, "get_classifier", None)
-    if callable(get):
-        head = get()
-        if isinstance(head, nn.Linear) and id(head) in names:
-            return names[id(head)], head
-    last = None
-    for name, m in model.named_modules():
-        if isinstance(m, nn.Linear):
-            last = (name, m)
-    if last is None:
-        raise ModelError(
-            f"{type(model).__name__} has no nn.Linear classifier; dsa train replaces the last nn.Linear "
-            "(or timm's classifier) to fit the dataset's classes"
-        )
-    return last
-
-
-def replace_head(model: nn.Module, num_classes: int) -> bool:
-    """Give the model a fresh ``num_classes``-way classifier if it has another width; True if replaced."""
-    name, head = classifier_head(model)
-    if head.out_features == num_classes:
-        return False
-    if callable(getattr(model, "reset_classifier", None)):
-        model.reset_classifier(num_classes)
-        new_name, new = classifier_head(model)
-        if new_name == name and new.out_features == num_classes:
-            return True
-    new = nn.Linear(head.in_features, num_classes, bias=head.bias is not None)
-    model.set_submodule(name, new)
-    return True
 
 
 def _read_torch(path: Path, what: str) -> Any:

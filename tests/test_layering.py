@@ -1,0 +1,139 @@
+"""The import graph of dsa, read from the source (function-level imports included): no circles, no import from
+a lower layer to a higher one, roofline/ standalone, and typer/rich only in the CLI."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# lowest first: a module may import modules of its own layer or below, never above
+LAYERS: list[set[str]] = [
+    {"dsa.errors", "dsa._version", "dsa.io", "dsa.testing"},
+    {"dsa.models", "dsa.data"},
+    {"dsa.graph"},
+    {"dsa.layers"},
+    {"dsa.plan"},
+    {"dsa.merge"},
+    {"dsa.export"},
+    {"dsa.costs"},  # latency: pricing ops and plans
+    {"dsa.candidates"},  # planner
+    {"dsa.planner"},
+    {"dsa.pareto"},
+    {"dsa.bench"},  # measure
+    {"dsa.profile"},
+    {"dsa.calibrate"},
+    {"dsa.train"},
+    {"dsa.importance"},
+    {"dsa", "cli"},  # the package's re-exports and the command line
+]
+
+
+def _modules() -> dict[str, Path]:
+    out = {"cli": ROOT / "cli.py"}
+    for pkg in ("dsa", "roofline"):
+        for p in (ROOT / pkg).glob("*.py"):
+            out[pkg if p.stem == "__init__" else f"{pkg}.{p.stem}"] = p
+    return out
+
+
+def _imports(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return names
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = _modules()
+    graph = {}
+    for m, p in mods.items():
+        found = _imports(p)
+        graph[m] = {t for t in found if t in mods and t != m and t not in ("dsa", "roofline")} | {
+            f"ext:{t.split('.')[0]}" for t in found if t.split(".")[0] not in ("dsa", "roofline", "cli")
+        }
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph.get(v, ()):
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in graph:
+        if v not in index:
+            visit(v)
+    return out
+
+
+def back_edges(graph: dict[str, set[str]]) -> list[str]:
+    rank = {m: i for i, layer in enumerate(LAYERS) for m in layer}
+    return [
+        f"{m} -> {t}" for m, targets in graph.items() for t in targets if m in rank and t in rank and rank[t] > rank[m]
+    ]
+
+
+def test_no_import_circles() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_no_import_from_a_lower_layer_to_a_higher_one() -> None:
+    graph = import_graph()
+    assert back_edges(graph) == []
+    unplaced = sorted(m for m in graph if m.startswith("dsa") and not any(m in layer for layer in LAYERS))
+    assert unplaced == [], f"place new modules in LAYERS: {unplaced}"
+
+
+def test_roofline_is_standalone_and_only_the_cli_uses_typer_and_rich() -> None:
+    graph = import_graph()
+    for m, targets in graph.items():
+        if m.startswith("roofline"):
+            assert not {t for t in targets if t.startswith("dsa") or t == "cli"}, m
+        if m != "cli":
+            assert not targets & {"ext:typer", "ext:rich", "ext:click"}, m
+
+
+@pytest.mark.parametrize(
+    ("edges", "expect_cycle", "expect_back"),
+    [
+        ({"dsa.graph": {"dsa.plan"}, "dsa.plan": {"dsa.graph"}}, True, True),
+        ({"dsa.costs": {"dsa.profile"}}, False, True),
+        ({"dsa.profile": {"dsa.costs"}}, False, False),
+    ],
+)
+def test_the_checks_catch_a_circle_and_a_back_edge(edges, expect_cycle, expect_back) -> None:
+    assert bool(cycles(edges)) is expect_cycle
+    assert bool(back_edges(edges)) is expect_back
