@@ -135,7 +135,6 @@ def _errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from dsa.errors import DsaError, InterruptedRunError
-        from roofline.errors import RooflineError
 
         try:
             with warnings.catch_warnings():
@@ -144,7 +143,13 @@ def _errors(fn):
         except InterruptedRunError as e:
             typer.echo(f"error: {' '.join(str(e).split())}", err=True)
             raise typer.Exit(130) from None
-        except (DsaError, RooflineError) as e:
+        except DsaError as e:
+            typer.echo(f"error: {' '.join(str(e).split())}", err=True)
+            raise typer.Exit(1) from None
+        except ValueError as e:  # roofline's errors (a ValueError), without importing roofline (scipy) up front
+            rl_errors = sys.modules.get("roofline.errors")
+            if rl_errors is None or not isinstance(e, rl_errors.RooflineError):
+                raise
             typer.echo(f"error: {' '.join(str(e).split())}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:

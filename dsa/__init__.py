@@ -25,7 +25,7 @@ from dsa.errors import (
     TrainingError,
 )
 from dsa.graph import Analysis, analyze
-from dsa.merge import apply_plan, merge
+from dsa.merge import apply_plan, merge  # eager: `merge` is also a submodule's name, which must not shadow it
 from dsa.models import create_model, list_models
 from dsa.plan import (
     Plan,
@@ -36,8 +36,35 @@ from dsa.plan import (
     plan_from_act_list,
     remove_all_plan,
 )
-from dsa.planner import Planner, PlanResult, fastest_plan, plan_for_target
-from dsa.train import TrainConfig, TrainResult, evaluate_checkpoint, load_for_eval
+
+# the planner (scipy) and the trainer load on first use (PEP 562), so that `dsa models` or a library user who
+# only merges does not pull them in
+_LAZY = {
+    "Planner": "dsa.planner",
+    "PlanResult": "dsa.planner",
+    "fastest_plan": "dsa.planner",
+    "plan_for_target": "dsa.planner",
+    "TrainConfig": "dsa.train",
+    "TrainResult": "dsa.train",
+    "evaluate_checkpoint": "dsa.train",
+    "load_for_eval": "dsa.train",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'dsa' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __all__ = [
     "__version__",

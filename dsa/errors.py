@@ -11,6 +11,13 @@ class DsaError(Exception):
     """Base class of every error dsa raises on purpose."""
 
 
+class InternalError(DsaError):
+    """An invariant of dsa itself does not hold: a bug, not a user error (the message says to report it)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"internal error: {message} (this is a bug in dsa; please report it with the command line)")
+
+
 class ModelError(DsaError):
     """A model name, factory or checkpoint could not be resolved or loaded."""
 

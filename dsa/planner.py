@@ -46,7 +46,7 @@ from dsa.candidates import (
     build_candidates,
     plan_ms,
 )
-from dsa.errors import DsaError, PlanError
+from dsa.errors import DsaError, InternalError, PlanError
 from dsa.graph import Analysis
 from dsa.io import read_json
 from dsa.plan import AddedActivation, Plan, act_list_of, bn_folded_plan, make_plan, plan_from_act_list
@@ -874,7 +874,7 @@ class Planner:
         want = sorted(e.segment.convs for e in chosen if e.segment is not None and e.segment.merged)
         got = sorted(tuple(s["convs"]) for s in plan.segments)
         if want != got:  # a postcondition: the plan must induce exactly the segments that were priced
-            raise DsaError(f"internal error: the planned segments {want} do not match the plan's {got}")
+            raise InternalError(f"the planned segments {want} do not match the plan's {got}")
         order = {op_id: k for k, op_id in enumerate(a.ops)}
         act_list = None
         act_list_exact = None

@@ -133,7 +133,8 @@ def fit_calibration(
         )
         if best_fit is None or fit[0] < best_fit[0] - 1e-9:
             best_fit = (fit[0], threshold, *fit[1:])
-    assert best_fit is not None
+    if best_fit is None:  # pragma: no cover - an invariant
+        raise RuntimeError("roofline calibration: no fit was evaluated (a bug)")
     _, threshold, compute_eff, memory_eff, launch_ms, factor, after = best_fit
     before = [predict_op(op, spec, precision, calibration=None).total_ms for op in ops]
     return Calibration(
@@ -237,7 +238,8 @@ def _fit_once(
         )
         if best is None or result.cost < best.cost:
             best = result
-    assert best is not None  # two starts always run
+    if best is None:  # pragma: no cover - two starts always run
+        raise RuntimeError("roofline calibration: no start was evaluated (a bug)")
     x = best.x
     compute_eff = {c: float(1.0 / math.exp(x[k])) for k, c in enumerate(classes)}
     if per_class_memory:

@@ -137,3 +137,19 @@ def test_roofline_is_standalone_and_only_the_cli_uses_typer_and_rich() -> None:
 def test_the_checks_catch_a_circle_and_a_back_edge(edges, expect_cycle, expect_back) -> None:
     assert bool(cycles(edges)) is expect_cycle
     assert bool(back_edges(edges)) is expect_back
+
+
+@pytest.mark.parametrize("command", ["--help", "models"])
+def test_help_and_models_import_no_solver_plotting_onnx_or_timm(command) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        f"import sys; sys.argv = ['dsa', {command!r}]\n"
+        "from cli import app\n"
+        "try:\n    app()\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('scipy', 'matplotlib', 'onnx', 'onnxruntime', 'timm') if m in sys.modules]\n"
+        "print('HEAVY', ','.join(heavy), file=sys.stderr)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.stderr.strip().splitlines()[-1] == "HEAVY", r.stderr
