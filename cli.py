@@ -21,6 +21,9 @@ from rich.console import Console
 from rich.table import Table
 from typer.core import TyperGroup
 
+from dsa.vocab import DEFAULT_DEVICE as DEFAULT_GPU
+from dsa.vocab import DEFAULT_MODEL, PRECISIONS
+
 APP_HELP = (
     "dsa: hardware-aware depth compression for PyTorch CNNs. Plan which activations to remove for a latency "
     "target (predicted or measured), merge the now-linear layers into single convolutions (verified), finetune, "
@@ -65,11 +68,7 @@ class Format(str, Enum):
     json = "json"
 
 
-class Precision(str, Enum):
-    fp32 = "fp32"
-    tf32 = "tf32"
-    fp16 = "fp16"
-    bf16 = "bf16"
+Precision = Enum("Precision", {p: p for p in PRECISIONS}, type=str)  # fp32, tf32, fp16, bf16
 
 
 class Granularity(str, Enum):
@@ -124,9 +123,6 @@ ProfileOpt = Annotated[
     Path | None,
     typer.Option("--profile", help="A measured profile (dsa profile): its device, calibration and times."),
 ]
-
-DEFAULT_MODEL = "mobilenet_v2_140"
-DEFAULT_GPU = "v100"
 
 
 def _errors(fn):
@@ -628,7 +624,7 @@ def pareto_cmd(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Figure file (.png or .svg).")] = Path("pareto.png"),
     gpu: Annotated[
         str, typer.Option("--gpu", "-g", help="Device name, alias (v100, a100, ...) or device file.")
-    ] = "v100",
+    ] = DEFAULT_GPU,
     points: Annotated[int, typer.Option("--points", min=2, help="Accuracy-cost budgets per granularity.")] = 20,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 128,
     precision: PrecisionOpt = Precision.fp32,

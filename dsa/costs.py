@@ -18,8 +18,9 @@ import roofline as rl
 from dsa.errors import DsaError
 from dsa.graph import Analysis, Kind, Op, Segment, signature_of
 from dsa.plan import Plan, bn_folded_plan
+from dsa.vocab import DEFAULT_DEVICE, PRECISION_BYTES
 
-DTYPE_BYTES = {"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2}
+DTYPE_BYTES = PRECISION_BYTES
 _POOL_TYPES = {
     "AdaptiveAvgPool2d": "avg",
     "AvgPool2d": "avg",
@@ -279,7 +280,7 @@ def _network(times: list[rl.OpTime], spec: rl.DeviceSpec, precision: str, batch:
 def evaluate(
     a: Analysis,
     plan: Plan,
-    device: str | rl.DeviceSpec | None = "v100",
+    device: str | rl.DeviceSpec | None = DEFAULT_DEVICE,
     batch: int = 128,
     precision: str = "fp32",
     fuse_elementwise: bool = False,
@@ -360,7 +361,7 @@ def evaluate(
 
 def activation_savings(
     a: Analysis,
-    device: str | rl.DeviceSpec | None = "v100",
+    device: str | rl.DeviceSpec | None = DEFAULT_DEVICE,
     batch: int = 128,
     precision: str = "fp32",
     profile=None,

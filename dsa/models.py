@@ -19,8 +19,7 @@ import torch
 from torch import nn
 
 from dsa.errors import ModelError
-
-DEFAULT_MODEL = "mobilenet_v2_140"
+from dsa.vocab import DEFAULT_MODEL  # re-exported: dsa.models.DEFAULT_MODEL
 
 
 @dataclass(frozen=True)

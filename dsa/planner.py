@@ -50,6 +50,7 @@ from dsa.errors import DsaError, InternalError, PlanError
 from dsa.graph import Analysis
 from dsa.io import read_json
 from dsa.plan import AddedActivation, Plan, act_list_of, bn_folded_plan, make_plan, plan_from_act_list
+from dsa.vocab import DEFAULT_DEVICE
 
 SOLVER = "scipy.optimize.milp (HiGHS)"
 DEFAULT_ACTIVATION_COST = 1.0
@@ -591,7 +592,7 @@ class Planner:
     def __init__(
         self,
         analysis: Analysis,
-        device: str | rl.DeviceSpec = "v100",
+        device: str | rl.DeviceSpec = DEFAULT_DEVICE,
         batch: int = 128,
         precision: str = "fp32",
         *,
@@ -983,7 +984,7 @@ def _order(order: Mapping[str, int], e: Edge) -> int:
 
 def plan_for_target(
     analysis: Analysis,
-    device: str | rl.DeviceSpec = "v100",
+    device: str | rl.DeviceSpec = DEFAULT_DEVICE,
     batch: int = 128,
     precision: str = "fp32",
     *,
@@ -1002,7 +1003,7 @@ def plan_for_target(
 
 def fastest_plan(
     analysis: Analysis,
-    device: str | rl.DeviceSpec = "v100",
+    device: str | rl.DeviceSpec = DEFAULT_DEVICE,
     batch: int = 128,
     precision: str = "fp32",
     *,

@@ -38,9 +38,10 @@ from dsa.errors import ArtifactError, DsaError
 from dsa.graph import Analysis, Segment, segment_signature, signature_of
 from dsa.io import atomic_write_json, read_json, without_profiler_noise
 from dsa.plan import Plan, remove_all_plan
+from dsa.vocab import DEFAULT_DEVICE, LAYOUTS, PRECISIONS
 
 SCHEMA_VERSION = 1
-TORCH_DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TORCH_DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.float32, torch.float16, torch.bfloat16), strict=True))
 
 
 @dataclass(frozen=True)
@@ -237,7 +238,7 @@ def profile_from_json(d: Any, path: str = "<memory>") -> Profile:
             raise ArtifactError(f"profile {path}: field {key!r} is missing or not a {typ.__name__}")
     if d["precision"] not in TORCH_DTYPES:
         raise ArtifactError(f"profile {path}: field 'precision' is {d['precision']!r}")
-    if d["layout"] not in ("nchw", "channels_last"):
+    if d["layout"] not in LAYOUTS:
         raise ArtifactError(f"profile {path}: field 'layout' is {d['layout']!r}, expected 'nchw' or 'channels_last'")
     for key in ("warmup", "repeats"):
         v = d.get(key, 0)
@@ -437,7 +438,7 @@ def candidate_segments(a: Analysis) -> list[tuple[Segment, bool]]:
     from dsa.candidates import RooflineCosts, build_candidates
 
     out: dict[str, tuple[Segment, bool]] = {}
-    costs = RooflineCosts(a, "v100")  # the device does not matter: only the segments are read
+    costs = RooflineCosts(a, DEFAULT_DEVICE)  # the device does not matter: only the segments are read
     for granularity in ("activation", "block"):
         for edge in build_candidates(a, costs, granularity).edges:
             seg = getattr(edge, "segment", None)

@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # lowest first: a module may import modules of its own layer or below, never above
 LAYERS: list[set[str]] = [
-    {"dsa.errors", "dsa._version", "dsa.io", "dsa.testing"},
+    {"dsa.errors", "dsa._version", "dsa.io", "dsa.testing", "dsa.vocab"},
     {"dsa.models", "dsa.data"},
     {"dsa.graph"},
     {"dsa.layers"},
@@ -153,3 +153,10 @@ def test_help_and_models_import_no_solver_plotting_onnx_or_timm(command) -> None
     )
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.stderr.strip().splitlines()[-1] == "HEAVY", r.stderr
+
+
+def test_the_vocabulary_is_roofline_s() -> None:
+    import roofline as rl
+    from dsa.vocab import PRECISION_BYTES, PRECISIONS
+
+    assert tuple(rl.PRECISIONS) == PRECISIONS and set(PRECISION_BYTES) == set(PRECISIONS)
