@@ -208,7 +208,7 @@ def _refuse_together(**given) -> None:
 def _check_out(path: Path | None, what: str, **inputs) -> Path:
     from dsa.io import check_output
 
-    return check_output(path, what, [(k, v) for k, v in inputs.items()])
+    return check_output(path, what, inputs.items())
 
 
 def _model_and_analysis(model: str, pretrained: bool, checkpoint: Path | None, input_size: int | None = None):
@@ -508,20 +508,10 @@ def plan_cmd(
     prediction = None
     if gpu is not None:
         from dsa.costs import evaluate
-        from dsa.planner import prediction_record
 
         batch_size, prec = batch_size or 128, prec or "fp32"
         found = _find_profile(gpu, a, batch_size, prec, allow_incomplete)
-        ev = evaluate(a, p, gpu, batch_size, prec, profile=found)
-        prediction = prediction_record(
-            ev.device,
-            ev.precision,
-            ev.batch,
-            ev.source,
-            ev.baseline.latency_ms,
-            ev.planned.latency_ms,
-            ev.bn_folded.latency_ms if ev.bn_folded is not None else None,
-        )
+        prediction = evaluate(a, p, gpu, batch_size, prec, profile=found).prediction()
         p = p.with_metadata(prediction=prediction)
     p.save(out_path)
     if fmt == Format.json:
@@ -828,10 +818,9 @@ def bench_cmd(
     from rich.progress import Progress
 
     from dsa.bench import measure, resolve_device
-    from dsa.merge import merge
+    from dsa.merge import bn_folded_network, merge
     from dsa.models import create_model
     from dsa.models import input_size as default_size
-    from dsa.train import bn_folded_network
 
     device = resolve_device(device)
     p = None

@@ -211,6 +211,18 @@ class Evaluation:
             "planned_ops": count(list(self.planned_sources)),
         }
 
+    def prediction(self) -> dict:
+        """The ``prediction`` record a plan carries (see :func:`prediction_record`)."""
+        return prediction_record(
+            self.device,
+            self.precision,
+            self.batch,
+            self.source,
+            self.baseline.latency_ms,
+            self.planned.latency_ms,
+            None if self.bn_folded is None else self.bn_folded.latency_ms,
+        )
+
     def segment_rows(self) -> list[dict]:
         rows = []
         for i, seg in enumerate(self.segments):
@@ -266,6 +278,34 @@ class Evaluation:
             "speedup_over_bn_folded": self.speedup_over_bn_folded,
             "segments": self.segment_rows(),
         }
+
+
+def prediction_record(
+    device: str,
+    precision: str,
+    batch: int,
+    source: str,
+    baseline_ms: float,
+    planned_ms: float,
+    bn_folded_ms: float | None,
+) -> dict:
+    """The ``prediction`` a plan carries in its metadata (also for plans made from keep lists): the original,
+    the planned network and the original with only its BNs folded, so that no speed-up is read against an
+    unfolded baseline."""
+    return {
+        "device": device,
+        "precision": precision,
+        "batch_size": batch,
+        "source": source,
+        "baseline_latency_ms": baseline_ms,
+        "planned_latency_ms": planned_ms,
+        "baseline_throughput_img_s": batch / (baseline_ms / 1e3),
+        "planned_throughput_img_s": batch / (planned_ms / 1e3),
+        "speedup": baseline_ms / planned_ms,
+        "bn_folded_latency_ms": bn_folded_ms,
+        "bn_folded_speedup": None if bn_folded_ms is None else baseline_ms / bn_folded_ms,
+        "speedup_over_bn_folded": None if bn_folded_ms is None else bn_folded_ms / planned_ms,
+    }
 
 
 def _measured(name: str, ms: float, op_class: str) -> rl.OpTime:

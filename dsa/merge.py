@@ -23,7 +23,7 @@ from torch import nn
 from dsa.errors import MergeError, MergeVerificationError
 from dsa.graph import Analysis, Kind, Op, Segment, analyze
 from dsa.layers import RelocatedPad, RelocatedPadConv2d, conv_spec, pad_spec
-from dsa.plan import Plan
+from dsa.plan import Plan, bn_folded_plan
 
 _ACT_FACTORY = {"ReLU6": nn.ReLU6, "ReLU": nn.ReLU, "Hardswish": nn.Hardswish, "SiLU": nn.SiLU}
 
@@ -521,4 +521,21 @@ def conv_count(model: nn.Module) -> int:
     return sum(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-__all__ = ["apply_plan", "merge", "verify", "segment_errors", "compose", "fold_bn", "dense_kernel", "add_identity"]
+__all__ = [
+    "apply_plan",
+    "merge",
+    "bn_folded_network",
+    "verify",
+    "segment_errors",
+    "compose",
+    "fold_bn",
+    "dense_kernel",
+    "add_identity",
+]
+
+
+def bn_folded_network(model: nn.Module, name: str, input_size: int) -> fx.GraphModule:
+    """A float32 CPU copy of ``model`` with every BN folded into its conv and nothing else changed (the plan that
+    removes nothing, :func:`dsa.plan.bn_folded_plan`): the baseline a merged network's speed-up must beat."""
+    net = copy.deepcopy(model).float().cpu().eval()
+    return merge(net, bn_folded_plan(analyze(net, name, input_size)))

@@ -174,7 +174,7 @@ def _build_user_model(spec: str) -> nn.Module:
 
 def input_size(name: str) -> int:
     """Default square input resolution of a model (224 for user models)."""
-    entry = REGISTRY.get(name) or (resolve_model(name) if ":" not in name else None)
+    entry = resolve_model(name)
     return entry.input_size if entry else 224
 
 

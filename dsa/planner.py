@@ -46,6 +46,7 @@ from dsa.candidates import (
     build_candidates,
     plan_ms,
 )
+from dsa.costs import prediction_record
 from dsa.errors import DsaError, InternalError, PlanError
 from dsa.graph import Analysis
 from dsa.io import read_json
@@ -512,34 +513,6 @@ class PlanResult:
         return prediction_record(
             self.device, self.precision, self.batch, self.source, self.baseline_ms, self.planned_ms, self.bn_folded_ms
         )
-
-
-def prediction_record(
-    device: str,
-    precision: str,
-    batch: int,
-    source: str,
-    baseline_ms: float,
-    planned_ms: float,
-    bn_folded_ms: float | None,
-) -> dict:
-    """The ``prediction`` a plan carries in its metadata (also for plans made from keep lists): the original,
-    the planned network and the original with only its BNs folded, so that no speed-up is read against an
-    unfolded baseline."""
-    return {
-        "device": device,
-        "precision": precision,
-        "batch_size": batch,
-        "source": source,
-        "baseline_latency_ms": baseline_ms,
-        "planned_latency_ms": planned_ms,
-        "baseline_throughput_img_s": batch / (baseline_ms / 1e3),
-        "planned_throughput_img_s": batch / (planned_ms / 1e3),
-        "speedup": baseline_ms / planned_ms,
-        "bn_folded_latency_ms": bn_folded_ms,
-        "bn_folded_speedup": None if bn_folded_ms is None else baseline_ms / bn_folded_ms,
-        "speedup_over_bn_folded": None if bn_folded_ms is None else bn_folded_ms / planned_ms,
-    }
 
 
 def _cost_label(importance: Mapping[str, float] | None, default_cost: float) -> str:

@@ -127,13 +127,12 @@ class Profile:
         a: Analysis,
         batch_size: int | None = None,
         precision: str | None = None,
-        device: str | None = None,
         *,
         allow_incomplete: bool = False,
         path: str | Path = "",
     ) -> None:
         """Refuse (one line naming the field) a profile that does not fit what it is about to price: another
-        network (fingerprint) or input size, another batch, precision or device, or an interrupted measurement
+        network (fingerprint) or input size, another batch or precision, or an interrupted measurement
         (``complete: false``, unless ``allow_incomplete``)."""
         where = f"profile {path}" if path else f"the profile of {self.model}"
         if self.fingerprint != a.fingerprint:
@@ -156,8 +155,6 @@ class Profile:
                 f"{where}: field 'precision' is {self.precision}, but {precision} was asked for; leave out "
                 f"--precision or profile at {precision}"
             )
-        if device is not None and device != self.device_name:
-            raise ArtifactError(f"{where}: field 'device_spec.name' is {self.device_name!r}, not {device!r}")
         if not self.complete and not allow_incomplete:
             raise ArtifactError(
                 f"{where}: field 'complete' is false (the measurement was interrupted: {len(self.ops)} ops, "

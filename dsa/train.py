@@ -798,6 +798,15 @@ def _epochs(cfg, d, data, nets, loop, sampler, loader, steps, start_epoch, stop_
 
 
 def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epochs: int, notify: Callback):
+    """Rank 0 after the last epoch (see :func:`_finish_staged`). The run's final files appear together or not at
+    all: an error or Ctrl-C on the way leaves no temp file and no half-written export."""
+    with Outputs() as outputs:
+        return _finish_staged(outputs, cfg, d, nets, data, epochs, notify)
+
+
+def _finish_staged(
+    outputs: Outputs, cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epochs: int, notify: Callback
+):
     """Rank 0 after the last epoch: evaluate; with a plan merge, export, compare and measure. Writes result.json."""
     from dsa.bench import measure
 
@@ -824,7 +833,6 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
         "world_size": d.world_size,
     }
     plan = nets.plan
-    outputs = Outputs()  # the run's final files appear together, or not at all
     if plan is None:
         summary["accuracy"] = {}
         for s in eval_splits:
@@ -833,7 +841,7 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
         timed = {"original": nets.original}
     else:
         from dsa.export import save_merged, to_onnx, to_torchscript
-        from dsa.merge import conv_count, merge
+        from dsa.merge import bn_folded_network, conv_count, merge
 
         notify("phase", {"what": "merging"})
         sizes = sorted({cfg.image_size, plan.input_size})
@@ -924,23 +932,8 @@ def _finish(cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epo
             ),
             "measured": "inference images/s of each network (eval mode, random input), interleaved runs",
         }
-    with outputs:
-        atomic_write_json(outputs.stage(run_dir / RESULT_NAME), summary)
+    atomic_write_json(outputs.stage(run_dir / RESULT_NAME), summary)
     return summary
-
-
-def bn_folded_network(model: nn.Module, name: str, input_size: int) -> nn.Module:
-    """``model`` with every BN folded into its conv and nothing else changed (the plan that removes nothing):
-    the baseline a merged network's speed-up must beat to be a gain."""
-    import copy
-
-    from dsa.graph import analyze
-    from dsa.merge import merge
-    from dsa.plan import bn_folded_plan
-
-    net = copy.deepcopy(model).float().cpu().eval()
-    a = analyze(net, name, input_size)
-    return merge(net, bn_folded_plan(a))
 
 
 # ------------------------------------------------------------------------------------------ eval

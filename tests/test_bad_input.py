@@ -9,7 +9,7 @@ import copy
 import json
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -92,7 +92,6 @@ class Case:
     unchanged: tuple[str, ...] = ()  # names in w that must be byte-identical afterwards
     absent: tuple[str, ...] = ()  # paths (formatted) that must not exist afterwards
     code: int = 1
-    extra: dict = field(default_factory=dict)
 
 
 def C(id: str, argv: str, *fragments: str, unchanged=(), absent=(), code=1) -> Case:
@@ -443,11 +442,13 @@ def test_an_incomplete_profile_under_profiles_is_not_used_silently(w, tmp_path, 
     doc = json.loads(w["incomplete"].read_text())
     (folder / "tiny.json").write_text(json.dumps({**doc, "device_spec": {**doc["device_spec"], "name": "local-cpu"}}))
     monkeypatch.chdir(tmp_path)
-    user_error(
+    line = user_error(
         dsa("plan", *P.split(), "--target-speedup", "1.01", "--gpu", "local-cpu", "--batch-size", "2"),
         "is incomplete",
         "--allow-incomplete",
     )
+    assert "tiny.json" in line  # names the file it refused
+    assert not (tmp_path / "plan.json").exists()
 
 
 def test_any_torchvision_classification_model_name_is_accepted() -> None:
