@@ -223,7 +223,7 @@ def _model_and_analysis(model: str, pretrained: bool, checkpoint: Path | None, i
 def _plan_and_model(plan_path: Path, model: str | None):
     """Load a plan; the model is the plan's unless ``--model`` names one (the plan's fingerprint then decides
     whether it fits: the same network may go by another name)."""
-    from dsa.plan import load_plan
+    from dsa.formats.plan import load_plan
 
     p = load_plan(plan_path)
     return p, model or p.model
@@ -271,7 +271,7 @@ def analyze_cmd(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Activation sites, and the segments a plan (default: removing every removable activation) induces."""
-    from dsa.plan import remove_all_plan
+    from dsa.formats.plan import remove_all_plan
 
     p = None
     if plan is not None:
@@ -396,7 +396,7 @@ def plan_cmd(
     """Write a plan: solved for a target (--target-throughput, --target-latency, --target-speedup or
     --max-accuracy-cost), or from a DepthShrinker keep list (--act-list, --ds-pattern, --remove-all)."""
     from dsa.errors import PlanError
-    from dsa.plan import ds_pattern_act_list, plan_from_act_list, remove_all_plan
+    from dsa.formats.plan import ds_pattern_act_list, plan_from_act_list, remove_all_plan
 
     sources = [n for n, v in (("--act-list", act_list), ("--ds-pattern", ds_pattern)) if v is not None]
     sources += ["--remove-all"] if remove_all else []
@@ -437,7 +437,8 @@ def plan_cmd(
     prec = precision.value if precision is not None else None
 
     if not sources:
-        from dsa.planner import Planner, load_block_importance, load_importance
+        from dsa.formats.importance import load_block_importance, load_importance
+        from dsa.planner.planner import Planner
 
         block = granularity == Granularity.block
         scores, default_cost = load_importance(importance) if importance is not None else (None, 1.0)
@@ -445,7 +446,7 @@ def plan_cmd(
         blocks_cost = load_block_importance(importance) if importance is not None and block else None
         prof = None
         if profile is not None:
-            from dsa.profile import load_profile
+            from dsa.formats.profile import load_profile
 
             prof = load_profile(profile)
             input_size = input_size or prof.input_size
@@ -507,7 +508,7 @@ def plan_cmd(
         )
     prediction = None
     if gpu is not None:
-        from dsa.costs import evaluate
+        from dsa.latency.evaluate import evaluate
 
         batch_size, prec = batch_size or 128, prec or "fp32"
         found = _find_profile(gpu, a, batch_size, prec, allow_incomplete)
@@ -631,8 +632,10 @@ def pareto_cmd(
 ) -> None:
     """The predicted speed-up vs accuracy-cost frontier (fastest plan per accuracy-cost budget), per activation
     and per block, with DepthShrinker's patterns A-F for MobileNetV2."""
-    from dsa.pareto import frontier, plot_frontier
-    from dsa.planner import Planner, load_block_importance, load_importance
+    from dsa.formats.importance import load_block_importance, load_importance
+    from dsa.planner.pareto import frontier
+    from dsa.planner.planner import Planner
+    from dsa.planner.plot import plot_frontier
 
     _check_out(out_path, "--out", **{"--importance": importance, "--checkpoint": checkpoint})
     _figure_suffix(out_path)
@@ -706,9 +709,11 @@ def merge_cmd(
     nothing: no existing file is replaced unless every one was written and checked."""
     import torch
 
-    from dsa.export import save_merged, to_onnx, to_torchscript
+    from dsa.checkpoints import save_merged
+    from dsa.export import to_onnx, to_torchscript
     from dsa.io import Outputs
-    from dsa.merge import conv_count, merge
+    from dsa.networks import is_training_checkpoint, merge_training_checkpoint
+    from dsa.transform.merge import conv_count, merge
 
     inputs = {"--plan": plan, "--checkpoint": checkpoint}
     _check_out(out_path, "--out", **inputs)
@@ -718,8 +723,9 @@ def merge_cmd(
         _check_out(onnx, "--onnx", **inputs, **{"--out": out_path, "the TorchScript output": ts_path})
     p, model = _plan_and_model(plan, model)
     meta: dict = {}
-    if checkpoint is not None and _is_training_checkpoint(checkpoint):
-        net, merged, p, meta = _merge_training_checkpoint(checkpoint, p, model, pretrained, plan)
+    if checkpoint is not None and is_training_checkpoint(checkpoint):
+        _refuse_together(**_given(pretrained=pretrained, checkpoint=checkpoint))
+        net, merged, p, meta = merge_training_checkpoint(checkpoint, p, model, plan)
     else:
         net, a = _model_and_analysis(model, pretrained, checkpoint, p.input_size)
         p.check(a)
@@ -754,48 +760,6 @@ def merge_cmd(
         out.print(f"wrote {onnx} (onnx.checker ok; onnxruntime max relative error {onnx_err:.2e})")
 
 
-def _is_training_checkpoint(path: Path) -> bool:
-    from dsa.errors import ModelError
-    from dsa.io import read_torch
-
-    obj = read_torch(path, "checkpoint", ModelError)
-    if isinstance(obj, dict) and obj.get("kind") == "dsa.merged":
-        raise ModelError(
-            f"checkpoint {path} is a merged network (written by dsa merge): it is already merged; merge the "
-            "merge-ready or finetuned checkpoint it came from, or use it as it is (dsa eval --checkpoint)"
-        )
-    return isinstance(obj, dict) and obj.get("kind") == "dsa.train"
-
-
-def _merge_training_checkpoint(path: Path, p, model: str, pretrained: bool, plan_path: Path):
-    """Merge a `dsa train` checkpoint: a merge-ready one (trained with this plan) as it is, a plain one (e.g. a
-    finetuned baseline with a new head) by the plan, re-derived for its head as the trainer does."""
-    from dsa.errors import DsaError
-    from dsa.merge import merge
-    from dsa.models import create_model
-    from dsa.train import build_networks, load_for_eval
-
-    if pretrained:
-        raise DsaError("give --pretrained or --checkpoint, not both")
-    loaded = load_for_eval(path, model=model)
-    num_classes = len(loaded.classes)  # a training checkpoint records its classes
-    if loaded.plan is not None:
-        if (loaded.plan.removed, loaded.plan.added, loaded.plan.boundaries) != (p.removed, p.added, p.boundaries):
-            raise DsaError(f"{path} was finetuned with another plan than {plan_path}; merge it with that plan")
-        original = create_model(loaded.model)  # only counted (convs), so its head does not matter
-        ready, p = loaded.module, loaded.plan
-    else:
-        nets = build_networks(loaded.model, num_classes, checkpoint=path, plan=plan_path)
-        original, ready, p = nets.original, nets.student.eval(), nets.plan
-    meta = {
-        "model_name": loaded.model,
-        "num_classes": num_classes,
-        "classes": list(loaded.classes),
-        "image_size": loaded.image_size,
-    }
-    return original, merge(ready, verify_sizes=sorted({p.input_size, loaded.image_size})), p, meta
-
-
 @app.command("bench")
 @_errors
 def bench_cmd(
@@ -817,10 +781,10 @@ def bench_cmd(
     import torch
     from rich.progress import Progress
 
-    from dsa.bench import measure, resolve_device
-    from dsa.merge import bn_folded_network, merge
+    from dsa.measure.timing import measure, resolve_device
     from dsa.models import create_model
     from dsa.models import input_size as default_size
+    from dsa.transform.merge import bn_folded_network, merge
 
     device = resolve_device(device)
     p = None
@@ -906,8 +870,8 @@ def devices_cmd(
     from dsa.errors import DsaError
 
     if measure:
-        from dsa.bench import resolve_device
         from dsa.io import staged
+        from dsa.measure.timing import resolve_device
 
         if seconds is not None and not math.isfinite(seconds):
             raise DsaError(f"--seconds must be a finite number of seconds, got {seconds}")
@@ -962,9 +926,9 @@ def _evaluation(
     input_size=None,
 ):
     """Price a plan (or BN folding alone) on ``--gpu``, or on ``--profile``'s device with its measured times."""
-    from dsa.costs import evaluate
-    from dsa.plan import bn_folded_plan
-    from dsa.profile import load_profile
+    from dsa.formats.plan import bn_folded_plan
+    from dsa.formats.profile import load_profile
+    from dsa.latency.evaluate import evaluate
 
     _refuse_together(**{"--gpu": gpu, "--profile": profile})
     prof = load_profile(profile) if profile is not None else None
@@ -990,7 +954,7 @@ def _find_profile(gpu: str, a, batch_size: int, precision: str, allow_incomplete
     """A profile under profiles/<device>/ matching the model, input size, batch and precision, if there is one
     (said on stderr when used)."""
     import roofline as rl
-    from dsa.profile import find_profile
+    from dsa.formats.profile import find_profile
 
     try:
         device = rl.load_device(gpu).name
@@ -1175,9 +1139,10 @@ def profile_cmd(
     from rich.progress import Progress
 
     import roofline as rl
-    from dsa.bench import resolve_device
     from dsa.errors import DsaError
-    from dsa.profile import partial_path, profile_model, profile_path
+    from dsa.formats.profile import partial_path, profile_path
+    from dsa.measure.profiler import profile_model
+    from dsa.measure.timing import resolve_device
 
     device = resolve_device(device)
     if precision == Precision.tf32 and not device.startswith("cuda"):
@@ -1263,8 +1228,8 @@ def calibrate_cmd(
     """Fit the roofline efficiencies of the profiled device on a training split of the measured ops; the
     calibration is stored in the profile (and optionally a device file), both written only if both can be."""
     import roofline as rl
-    from dsa.calibrate import calibrate
     from dsa.io import Outputs
+    from dsa.measure.calibrate import calibrate
 
     _check_out(profile, "--profile (rewritten with its calibration)")
     if device_out is not None:
@@ -1291,7 +1256,7 @@ def calibrate_cmd(
 
 def _profile_and_analysis(profile: Path, model, pretrained, checkpoint, allow_incomplete):
     """A profile and the analysis of the network it was taken of (``--model`` default: the profile's)."""
-    from dsa.profile import load_profile
+    from dsa.formats.profile import load_profile
 
     prof = load_profile(profile)
     _, a = _model_and_analysis(model or prof.model, pretrained, checkpoint, prof.input_size)
@@ -1314,7 +1279,7 @@ def validate_cmd(
 ) -> None:
     """How well the roofline predicts held-out measured segments and ops, and whole networks, before and
     after calibration."""
-    from dsa.calibrate import validate
+    from dsa.measure.calibrate import validate
 
     a, prof = _profile_and_analysis(profile, model, pretrained, checkpoint, allow_incomplete)
     rep = validate(a, prof)
@@ -1518,7 +1483,8 @@ def train_cmd(
     import torch
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from dsa.train import TrainConfig, train
+    from dsa.train.config import TrainConfig
+    from dsa.train.loop import train
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -1632,8 +1598,8 @@ def eval_cmd(
     """Accuracy (top-1, and top-5 with >= 5 classes) of a trained or merged network on a dataset split."""
     import torch
 
-    from dsa.bench import resolve_device
-    from dsa.train import evaluate_checkpoint
+    from dsa.measure.timing import resolve_device
+    from dsa.train.evaluate import evaluate_checkpoint
 
     device = resolve_device(device)
     if threads is not None:
@@ -1702,8 +1668,9 @@ def importance_cmd(
     from rich.progress import Progress
 
     from dsa.errors import DsaError
+    from dsa.formats.importance import METHODS
     from dsa.graph import analyze
-    from dsa.importance import METHODS, calibration_batches, score
+    from dsa.importance import calibration_batches, score
     from dsa.models import create_model
     from dsa.models import input_size as default_size
 
@@ -1728,7 +1695,7 @@ def importance_cmd(
         raise DsaError(f"--time-budget must be a positive number of seconds, got {time_budget:g}")
     _check_out(out_path, "--out", **{"--checkpoint": checkpoint, "--profile": profile})
     if checkpoint is not None:
-        from dsa.train import load_for_eval
+        from dsa.networks import load_for_eval
 
         loaded = load_for_eval(checkpoint, model=model)
         if loaded.kind not in ("train", "state_dict"):
@@ -1776,8 +1743,8 @@ def _activation_savings(a, gpu: str | None, profile: Path | None) -> dict[str, f
     when it was taken of this network at this size), else on ``gpu``'s roofline at batch 128, fp32. A ``gpu``
     known only through its profiles (``local-cpu``) uses one of them: a matching one if there is one."""
     import roofline as rl
-    from dsa.costs import activation_savings
-    from dsa.profile import device_profiles, load_profile
+    from dsa.formats.profile import device_profiles, load_profile
+    from dsa.latency.evaluate import activation_savings
 
     if profile is None:
         gpu = _gpu(gpu)
@@ -1793,8 +1760,8 @@ def _activation_savings(a, gpu: str | None, profile: Path | None) -> dict[str, f
 
 
 def _savings_on(a, prof) -> dict[str, float]:
-    from dsa.costs import activation_savings
     from dsa.errors import ArtifactError
+    from dsa.latency.evaluate import activation_savings
 
     if not prof.complete:
         raise ArtifactError(

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from dsa.bench import measure
-from dsa.costs import evaluate
+from dsa.formats.plan import bn_folded_plan, ds_pattern_act_list, plan_from_act_list
 from dsa.graph import analyze
 from dsa.io import atomic_write_bytes
-from dsa.merge import merge
+from dsa.latency.evaluate import evaluate
+from dsa.measure.timing import measure
 from dsa.models import create_model
-from dsa.plan import bn_folded_plan, ds_pattern_act_list, plan_from_act_list
+from dsa.transform.merge import merge
 
 
 def main() -> None:

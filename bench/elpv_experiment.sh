@@ -71,7 +71,7 @@ from pathlib import Path
 import torch
 
 from dsa.bench import measure
-from dsa.train import load_for_eval
+from dsa.networks import load_for_eval
 
 out, size, batch, threads, repeats, targets = Path(sys.argv[1]), *map(int, sys.argv[2:6]), sys.argv[6:]
 torch.set_num_threads(threads)

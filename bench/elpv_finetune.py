@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dsa.train import TrainConfig, train
+from dsa.train.config import TrainConfig
+from dsa.train.loop import train
 
 
 def finetune_plan(

@@ -15,10 +15,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from dsa.costs import evaluate
+from dsa.formats.plan import DS_PATTERNS, ds_pattern_act_list, plan_from_act_list
 from dsa.graph import analyze
+from dsa.latency.evaluate import evaluate
 from dsa.models import create_model
-from dsa.plan import DS_PATTERNS, ds_pattern_act_list, plan_from_act_list
 
 
 def by_class(ops, times) -> dict[str, float]:

@@ -13,11 +13,11 @@ import time
 
 import torch
 
+from dsa.formats.plan import DS_PATTERNS, ds_pattern_act_list, plan_from_act_list, remove_all_plan
 from dsa.graph import analyze
-from dsa.merge import apply_plan, conv_count, merge, verify
 from dsa.models import REGISTRY, create_model
-from dsa.plan import DS_PATTERNS, ds_pattern_act_list, plan_from_act_list, remove_all_plan
 from dsa.testing import randomize_bn
+from dsa.transform.merge import apply_plan, conv_count, merge, verify
 
 SIZES = (160, 97)  # as tests/test_models.py
 

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import torch
 
-from dsa.bench import measure
+from dsa.formats.plan import DS_PATTERNS, ds_pattern_act_list, plan_from_act_list
 from dsa.graph import analyze
-from dsa.merge import conv_count, merge
+from dsa.measure.profiler import TORCH_DTYPES
+from dsa.measure.timing import measure
 from dsa.models import create_model
 from dsa.models import input_size as default_size
-from dsa.plan import DS_PATTERNS, ds_pattern_act_list, plan_from_act_list
-from dsa.profile import TORCH_DTYPES
+from dsa.transform.merge import conv_count, merge
 
 
 def merged_networks(name: str, model, size: int) -> dict:

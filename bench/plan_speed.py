@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dsa.graph import analyze
 from dsa.models import create_model, input_size
-from dsa.planner import Planner
+from dsa.planner.planner import Planner
 
 MODELS = ("mobilenet_v2_140", "efficientnet_lite0")
 SPEEDUPS = (1.5, 2.0, 2.5)  # a fraction of each model's reachable range is used instead when it is lower

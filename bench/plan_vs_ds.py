@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from dsa.candidates import plan_ms
+from dsa.formats.plan import DS_PATTERNS, ds_pattern_act_list, plan_from_act_list
 from dsa.graph import analyze
+from dsa.latency.costs import plan_ms
 from dsa.models import create_model
-from dsa.plan import DS_PATTERNS, ds_pattern_act_list, plan_from_act_list
-from dsa.planner import Planner
+from dsa.planner.planner import Planner
 
 
 def main() -> None:

@@ -22,15 +22,16 @@ from pathlib import Path
 import torch
 from elpv_finetune import finetune_plan
 
-from dsa.bench import measure
-from dsa.costs import evaluate
+from dsa.formats.importance import load_importance
+from dsa.formats.plan import load_plan
+from dsa.formats.profile import load_profile
 from dsa.graph import analyze
 from dsa.io import atomic_write_json
+from dsa.latency.evaluate import evaluate
+from dsa.measure.timing import measure
 from dsa.models import create_model
-from dsa.plan import load_plan
-from dsa.planner import Planner, load_importance
-from dsa.profile import load_profile
-from dsa.train import load_for_eval
+from dsa.networks import load_for_eval
+from dsa.planner.planner import Planner
 
 
 def main() -> None:

@@ -27,21 +27,15 @@ import torch
 from elpv_finetune import finetune_plan
 from scipy.stats import spearmanr
 
-from dsa.costs import activation_savings
 from dsa.data import load_data, prepare_batch
+from dsa.formats.importance import METHODS, load_importance_file
+from dsa.formats.plan import make_plan
+from dsa.formats.profile import load_profile
 from dsa.graph import analyze
-from dsa.importance import (
-    METHODS,
-    activation_candidates,
-    block_candidates,
-    calibration_batches,
-    load_importance_file,
-    score,
-)
+from dsa.importance import activation_candidates, block_candidates, calibration_batches, score
 from dsa.io import atomic_write_json
-from dsa.plan import make_plan
-from dsa.profile import load_profile
-from dsa.train import load_for_eval
+from dsa.latency.evaluate import activation_savings
+from dsa.networks import load_for_eval
 
 # single activations studied besides the blocks: the early, high-resolution ones a CPU plan removes first,
 # and the first expansion of each later stage

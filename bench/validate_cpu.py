@@ -13,12 +13,13 @@ import argparse
 import json
 
 import roofline as rl
-from dsa.calibrate import calibrate, validate
-from dsa.costs import dtype_bytes, op_spec
+from dsa.formats.plan import plan_from_act_list
+from dsa.formats.profile import load_profile
 from dsa.graph import analyze
+from dsa.ir import signature_of
+from dsa.latency.ops import dtype_bytes, op_spec
+from dsa.measure.calibrate import calibrate, validate
 from dsa.models import create_model
-from dsa.plan import plan_from_act_list
-from dsa.profile import load_profile, signature_of
 
 
 def block_rows(a, prof, device):

@@ -8,7 +8,11 @@ Three levels of API (as Torch-Pruning's graph / criteria / driver):
 - transforms: :func:`apply_plan` (merge-ready network to finetune) and :func:`merge` (one conv per segment,
   verified numerically);
 - training: :class:`TrainConfig` and ``dsa.train.train`` (finetune with distillation, merge, export, measure),
-  :func:`evaluate_checkpoint` (the function is not re-exported here: ``dsa.train`` stays the module).
+  :func:`evaluate_checkpoint` (the function is not re-exported here: ``dsa.train`` is the trainer's package).
+
+The package's layout is its architecture (docs/design.md): ``ir`` < ``formats`` < ``checkpoints``, ``models``,
+``data`` < ``graph`` < ``transform`` < ``networks``, ``export`` < ``latency`` < ``planner`` < ``measure`` <
+``train``, ``importance`` < ``cli``.
 """
 
 from dsa._version import __version__
@@ -24,30 +28,31 @@ from dsa.errors import (
     PlanError,
     TrainingError,
 )
-from dsa.graph import Analysis, analyze
-from dsa.merge import apply_plan, merge  # eager: `merge` is also a submodule's name, which must not shadow it
-from dsa.models import create_model, list_models
-from dsa.plan import (
-    Plan,
-    act_list_of,
-    ds_pattern_act_list,
-    load_plan,
-    make_plan,
-    plan_from_act_list,
-    remove_all_plan,
-)
 
-# the planner (scipy) and the trainer load on first use (PEP 562), so that `dsa models` or a library user who
-# only merges does not pull them in
+# Everything else loads on first use (PEP 562): `import dsa.ir` or a cached `dsa plan` must not import torch, and
+# `dsa models` must not import the solver or the trainer.
 _LAZY = {
-    "Planner": "dsa.planner",
-    "PlanResult": "dsa.planner",
-    "fastest_plan": "dsa.planner",
-    "plan_for_target": "dsa.planner",
-    "TrainConfig": "dsa.train",
-    "TrainResult": "dsa.train",
-    "evaluate_checkpoint": "dsa.train",
-    "load_for_eval": "dsa.train",
+    "Analysis": "dsa.ir",
+    "analyze": "dsa.graph",
+    "apply_plan": "dsa.transform.merge",
+    "merge": "dsa.transform.merge",
+    "create_model": "dsa.models",
+    "list_models": "dsa.models",
+    "Plan": "dsa.formats.plan",
+    "act_list_of": "dsa.formats.plan",
+    "ds_pattern_act_list": "dsa.formats.plan",
+    "load_plan": "dsa.formats.plan",
+    "make_plan": "dsa.formats.plan",
+    "plan_from_act_list": "dsa.formats.plan",
+    "remove_all_plan": "dsa.formats.plan",
+    "Planner": "dsa.planner.planner",
+    "PlanResult": "dsa.planner.planner",
+    "fastest_plan": "dsa.planner.planner",
+    "plan_for_target": "dsa.planner.planner",
+    "TrainConfig": "dsa.train.config",
+    "TrainResult": "dsa.train.config",
+    "evaluate_checkpoint": "dsa.train.evaluate",
+    "load_for_eval": "dsa.networks",
 }
 
 

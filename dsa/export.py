@@ -9,52 +9,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from dsa.errors import ArtifactError, ExportError
-from dsa.io import atomic_torch_save, atomic_write_bytes
-from dsa.plan import Plan, plan_from_json
-
-CHECKPOINT_SCHEMA_VERSION = 1
-
-
-def save_merged(model: nn.Module, plan: Plan, path: str | Path, **metadata) -> None:
-    """Write the merged network's state_dict with its plan (rebuild with :func:`load_merged`)."""
-    atomic_torch_save(
-        {
-            "schema_version": CHECKPOINT_SCHEMA_VERSION,
-            "kind": "dsa.merged",
-            "plan": plan.to_json(),
-            "state_dict": model.state_dict(),
-            "metadata": metadata,
-        },
-        path,
-    )
-
-
-def load_merged(path: str | Path, pretrained: bool = False) -> nn.Module:
-    """Rebuild a merged network from :func:`save_merged`'s file (the model is rebuilt from the registry)."""
-    from dsa.io import read_torch
-    from dsa.merge import merge
-    from dsa.models import create_model, replace_head
-
-    ckpt = read_torch(path, "merged checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != "dsa.merged":
-        raise ArtifactError(f"{path} is not a dsa merged checkpoint (field 'kind')")
-    if ckpt.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{path}: field 'schema_version' is {ckpt.get('schema_version')!r}, "
-            f"this dsa reads {CHECKPOINT_SCHEMA_VERSION}"
-        )
-    plan = plan_from_json(ckpt["plan"], str(path))
-    model = create_model(plan.model, pretrained=pretrained)
-    num_classes = (ckpt.get("metadata") or {}).get("num_classes")
-    if num_classes:  # finetuned with a new head (dsa train): rebuild that head before merging
-        replace_head(model, int(num_classes))
-    merged = merge(model, plan)
-    try:
-        merged.load_state_dict(ckpt["state_dict"])
-    except RuntimeError as e:
-        raise ArtifactError(f"{path}: state_dict does not fit the merged {plan.model}: {str(e).splitlines()[0]}") from e
-    return merged.eval()
+from dsa.errors import ExportError
+from dsa.formats.plan import Plan
+from dsa.io import atomic_write_bytes
 
 
 def to_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path, plan: Plan | None = None) -> str:

@@ -28,7 +28,6 @@ import datetime as dt
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -36,71 +35,15 @@ import torch.fx as fx
 from torch import nn
 
 from dsa.errors import DsaError
-from dsa.graph import Analysis, Op
-from dsa.io import atomic_write_json, read_json
-from dsa.plan import Plan
-from dsa.train import kd_loss
+from dsa.formats.importance import METHODS, Importance
+from dsa.formats.plan import Plan
+from dsa.ir import Analysis, Op
+from dsa.train.losses import kd_loss
 
-SCHEMA_VERSION = 1
-METHODS = ("linearity", "removal-kl", "gates", "finetune")
 _RANGES = {"ReLU": (0.0, math.inf), "ReLU6": (0.0, 6.0), "Hardtanh": (-1.0, 1.0)}
 
+
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass(frozen=True)
-class Importance:
-    method: str
-    model: str
-    fingerprint: str
-    scores: dict[str, float]  # activation name -> cost of removing it (>= 0)
-    segments: dict[str, float] = field(default_factory=dict)  # block name -> cost of merging it (DS style)
-    metadata: dict = field(default_factory=dict)
-    seconds: float = 0.0
-    default: float = 1.0  # the cost of an activation without a score (the planner's "default")
-
-    def to_json(self) -> dict:
-        return {
-            "schema_version": SCHEMA_VERSION,
-            "kind": "dsa.importance",
-            "method": self.method,
-            "model": self.model,
-            "fingerprint": self.fingerprint,
-            "scores": self.scores,
-            "default": self.default,
-            "segments": self.segments,
-            "metadata": self.metadata,
-            "seconds": self.seconds,
-        }
-
-    def save(self, path: str | Path) -> None:
-        atomic_write_json(path, self.to_json())
-
-
-def load_importance_file(path: str | Path) -> Importance:
-    d = read_json(path, "importance")
-    if not isinstance(d, dict) or d.get("kind") != "dsa.importance":
-        raise DsaError(f"importance {path}: field 'kind' must be 'dsa.importance'")
-    if d.get("schema_version") != SCHEMA_VERSION or isinstance(d.get("schema_version"), bool):
-        raise DsaError(f"importance {path}: field 'schema_version' is {d.get('schema_version')!r}")
-    if d.get("method") not in METHODS:
-        raise DsaError(f"importance {path}: field 'method' is {d.get('method')!r}; one of {', '.join(METHODS)}")
-    scores = d.get("scores")
-    if not isinstance(scores, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in scores.values()):
-        raise DsaError(f"importance {path}: field 'scores' must map activation names to numbers >= 0")
-    return Importance(
-        d["method"],
-        str(d.get("model", "")),
-        str(d.get("fingerprint", "")),
-        {k: float(v) for k, v in scores.items()},
-        dict(d.get("segments", {})),
-        dict(d.get("metadata", {})),
-        float(d.get("seconds", 0.0)),
-        float(d.get("default", 1.0)),
-    )
-
-
-# ------------------------------------------------------------------------------------------ linearity
 
 
 def _site_ops(a: Analysis) -> list[Op]:
@@ -109,7 +52,7 @@ def _site_ops(a: Analysis) -> list[Op]:
 
 def activation_candidates(a: Analysis, names: Sequence[str] | None = None) -> dict[str, Plan]:
     """One single-activation removal plan per removable activation (or per name in ``names``)."""
-    from dsa.plan import make_plan
+    from dsa.formats.plan import make_plan
 
     names = a.removable if names is None else list(names)
     unknown = [n for n in names if n not in a.removable]
@@ -122,7 +65,7 @@ def block_candidates(a: Analysis, blocks: bool | Sequence[str] = True) -> dict[s
     """One DepthShrinker-style block merge per interior block (``True``), per named block, or none
     (``False``): the block's activations removed and a ReLU6 added after its output, so it merges into one
     conv. Blocks that cannot merge that way are skipped when all are asked for, an error when named."""
-    from dsa.plan import plan_from_act_list
+    from dsa.formats.plan import plan_from_act_list
 
     if blocks is False:
         return {}
@@ -227,9 +170,6 @@ def _add(acc: dict, name: str, act_type: str, x: torch.Tensor, act: Callable) ->
     acc[name][1] += n
 
 
-# ------------------------------------------------------------------------------------------ removal-kl
-
-
 def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor) -> float:
     """Mean KL(p || q) of softmax distributions, per sample."""
     return float(kd_loss(q_logits, p_logits))
@@ -245,7 +185,7 @@ def removal_kl(
 ) -> Importance:
     """KL of the output when each removable activation (or each of ``names``), and each block DepthShrinker
     style (or each of ``blocks``), is removed in the merge-ready network, against the original network."""
-    from dsa.merge import apply_plan
+    from dsa.transform.merge import apply_plan
 
     t0 = time.perf_counter()
     acts, blks = activation_candidates(a, names), block_candidates(a, blocks)
@@ -264,9 +204,6 @@ def removal_kl(
         if progress:
             progress(name, i + 1, len(acts) + len(blks))
     return Importance("removal-kl", a.model_name, a.fingerprint, scores, segs, seconds=time.perf_counter() - t0)
-
-
-# ------------------------------------------------------------------------------------------ gates
 
 
 class _Gate(nn.Module):
@@ -395,9 +332,6 @@ def gates(
     )
 
 
-# ------------------------------------------------------------------------------------------ finetune
-
-
 def finetune_proxy(
     model: nn.Module,
     a: Analysis,
@@ -417,7 +351,7 @@ def finetune_proxy(
     images the finetunes never see, so a dataset's val and test splits stay clean. Stops at ``time_budget_s``
     (checked between candidates): unscored activations are listed in the metadata and cost the largest scored
     value (the file's ``default``); a budget that scores nothing is an error."""
-    from dsa.merge import apply_plan
+    from dsa.transform.merge import apply_plan
 
     if len(batches) <= heldout:
         raise DsaError(f"finetune needs more than {heldout} calibration batches, got {len(batches)}")
@@ -519,18 +453,3 @@ def score(
         "samples": sum(int(x.shape[0]) for x in batches),
     }
     return dataclasses.replace(imp, metadata=meta)
-
-
-__all__ = [
-    "Importance",
-    "METHODS",
-    "score",
-    "linearity",
-    "removal_kl",
-    "gates",
-    "finetune_proxy",
-    "load_importance_file",
-    "activation_candidates",
-    "block_candidates",
-    "block_sums",
-]

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from dsa.checkpoints import load_checkpoint
 from dsa.errors import ModelError
 from dsa.vocab import DEFAULT_MODEL  # re-exported: dsa.models.DEFAULT_MODEL
 
@@ -210,41 +211,6 @@ def create_model(
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model.eval()
-
-
-def load_checkpoint(model: nn.Module, path: str | Path) -> None:
-    """Load a state_dict (or a dict holding one under 'model' / 'state_dict') strictly into ``model``."""
-    from dsa.io import read_torch
-
-    path = Path(path)
-    state = read_torch(path, "checkpoint", ModelError)
-    if isinstance(state, dict) and state.get("kind") == "dsa.merged":
-        raise ModelError(
-            f"checkpoint {path} is a merged network (written by dsa merge): it is already merged and does not load "
-            "into the original model; use it with `dsa eval --checkpoint`, or give the unmerged network's checkpoint"
-        )
-    if isinstance(state, dict):
-        for key in ("model", "state_dict"):
-            if key in state and isinstance(state[key], dict):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ModelError(f"checkpoint {path} does not hold a state_dict of tensors")
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
-        raise ModelError(f"checkpoint {path} does not fit the model: {first}") from e
-    problems = []
-    if result.missing_keys:
-        problems.append(f"missing {len(result.missing_keys)} keys (e.g. {result.missing_keys[0]})")
-    if result.unexpected_keys:
-        problems.append(f"{len(result.unexpected_keys)} unexpected keys (e.g. {result.unexpected_keys[0]})")
-    if problems:
-        raise ModelError(f"checkpoint {path} does not fit the model: " + "; ".join(problems))
-
-
-# ------------------------------------------------------------------------------------------ classifier heads
 
 
 def classifier_head(model: nn.Module) -> tuple[str, nn.Linear]:

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> float:
         plan = dsa.load_plan(args.plan)
     else:  # the same as `dsa plan --model M --gpu G --target-speedup X --out plan.json`
         from dsa.models import input_size
-        from dsa.planner import plan_for_target
+        from dsa.planner.planner import plan_for_target
 
         analysis = dsa.analyze(model, args.model, input_size(args.model))
         result = plan_for_target(analysis, args.gpu, target_speedup=args.target_speedup)

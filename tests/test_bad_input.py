@@ -17,8 +17,8 @@ import torch
 
 import roofline as rl
 from dsa import analyze, create_model, merge, plan_from_act_list, remove_all_plan
-from dsa.export import save_merged
-from dsa.profile import profile_model
+from dsa.checkpoints import save_merged
+from dsa.measure.profiler import profile_model
 from tests.cli_helpers import dsa, ok, user_error
 from tests.test_data import write_folder
 

@@ -15,11 +15,13 @@ from hypothesis import strategies as st
 from torch import nn
 
 import roofline as rl
-from dsa.candidates import CUT, KEEP, SEGMENT, ProfileCosts, RooflineCosts, build_candidates, plan_ms
-from dsa.costs import evaluate
-from dsa.errors import DsaError, PlanError
+from dsa.errors import ArtifactError, DsaError, PlanError
+from dsa.formats.plan import AddedActivation, ds_pattern_act_list, make_plan, plan_from_act_list
 from dsa.graph import analyze
-from dsa.plan import AddedActivation, ds_pattern_act_list, make_plan, plan_from_act_list
+from dsa.ir import signature_of
+from dsa.latency.costs import ProfileCosts, RooflineCosts, plan_ms
+from dsa.latency.evaluate import evaluate
+from dsa.planner.candidates import CUT, KEEP, SEGMENT, build_candidates
 from tests import tiny_models as tm
 
 SIZE = 32
@@ -283,15 +285,15 @@ def test_plan_ms_matches_evaluate_for_keep_lists(analyses) -> None:
 def test_profile_costs_follow_evaluate_with_the_same_profile(analyses) -> None:
     """Measured times (a synthetic profile) price ops, merged segments and added ReLU6s as `dsa evaluate
     --profile` does."""
-    profile_mod = pytest.importorskip("dsa.profile")
+    profile_mod = pytest.importorskip("dsa.formats.profile")
     a = analyses["tiny_mbv2"]
     rng = random.Random(3)
     segs = {}
     for keep in ([1, 0, 0, 1, 1], [0, 0, 0, 0, 1]):
         for s in plan_from_act_list(a, keep).induced_segments(a):
             if s.merged:
-                segs[profile_mod.signature_of(s)] = {"conv": {"median_ms": rng.uniform(0.1, 1)}, "act": None}
-                segs[profile_mod.signature_of(s)]["act"] = {"median_ms": rng.uniform(0.01, 0.1)}
+                segs[signature_of(s)] = {"conv": {"median_ms": rng.uniform(0.1, 1)}, "act": None}
+                segs[signature_of(s)]["act"] = {"median_ms": rng.uniform(0.01, 0.1)}
     doc = {
         "schema_version": profile_mod.SCHEMA_VERSION,
         "kind": "dsa.profile",
@@ -320,14 +322,14 @@ def test_profile_costs_follow_evaluate_with_the_same_profile(analyses) -> None:
         plan = make_plan(a, removed, [], boundaries)
         ev = evaluate(a, plan, None, 8, "fp32", profile=prof)
         assert cands.fixed_ms + sum(e.time_ms for e in chosen) == pytest.approx(ev.planned.latency_ms, rel=1e-9)
-    with pytest.raises(PlanError, match="--batch-size 8 --precision fp32 for this profile"):
+    with pytest.raises(ArtifactError, match="field 'batch_size' is 8, but batch 16 was asked for"):
         ProfileCosts(a, prof, batch=16)
     # measured times are per shape: a profile taken at another input size does not apply
     other = analyze(tm.tiny_mbv2().eval(), a.model_name, a.input_size * 2)
     assert other.fingerprint == a.fingerprint
-    with pytest.raises(PlanError, match=f"use --input-size {a.input_size} "):
+    with pytest.raises(ArtifactError, match=f"give --input-size {a.input_size} "):
         ProfileCosts(other, prof)
-    with pytest.raises(DsaError, match=f"at {a.input_size} px"):
+    with pytest.raises(DsaError, match=f"field .input_size. is {a.input_size} px"):
         evaluate(other, plan_from_act_list(other, [1, 1, 1, 1, 1]), None, 8, "fp32", profile=prof)
 
 

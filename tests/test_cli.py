@@ -122,7 +122,7 @@ def test_merge_writes_checkpoint_torchscript_and_onnx(tiny_plan, tmp_path) -> No
     # every artifact computes what the merge-ready network computes
     import onnxruntime as ort
 
-    from dsa.export import load_merged
+    from dsa.networks import load_merged
 
     ready = apply_plan(tm.tiny_mbv2(), load_plan(tiny_plan))
     x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(0))

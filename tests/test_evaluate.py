@@ -12,10 +12,11 @@ from typer.testing import CliRunner
 
 import roofline as rl
 from cli import app
-from dsa.costs import baseline_ops, evaluate, planned_ops
+from dsa.formats.plan import make_plan, plan_from_act_list
 from dsa.graph import analyze
-from dsa.merge import merge
-from dsa.plan import make_plan, plan_from_act_list
+from dsa.latency.evaluate import evaluate
+from dsa.latency.ops import baseline_ops, planned_ops
+from dsa.transform.merge import merge
 from tests import tiny_models as tm
 
 TINY = "tests.tiny_models:tiny_mbv2"

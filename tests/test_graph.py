@@ -8,7 +8,7 @@ import pytest
 from torch import nn
 
 from dsa import AnalysisError, analyze
-from dsa.graph import Kind
+from dsa.ir import Kind
 from tests import tiny_models as tm
 
 SIZE = 32

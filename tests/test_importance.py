@@ -10,8 +10,9 @@ import torch
 from torch import nn
 
 from dsa.errors import DsaError
+from dsa.formats.importance import METHODS, load_importance_file
 from dsa.graph import analyze
-from dsa.importance import METHODS, finetune_proxy, gates, linearity, load_importance_file, removal_kl, score
+from dsa.importance import finetune_proxy, gates, linearity, removal_kl, score
 
 
 class TwoSites(nn.Module):
@@ -99,7 +100,7 @@ def test_finetune_budget_leaves_the_rest_at_the_worst_scored_cost(monkeypatch):
 
 
 def test_scores_feed_the_planner(two, tmp_path):
-    from dsa.planner import load_importance
+    from dsa.formats.importance import load_importance
 
     model, a, batches = two
     imp = score("removal-kl", model, a, batches, blocks=False)
@@ -206,8 +207,8 @@ def test_methods_agree_on_which_blocks_are_segments():
 
 
 def test_activation_savings_follow_the_cost_model():
-    from dsa.costs import activation_savings, evaluate
-    from dsa.plan import make_plan
+    from dsa.formats.plan import make_plan
+    from dsa.latency.evaluate import activation_savings, evaluate
     from tests import tiny_models as tm
 
     a = analyze(tm.tiny_mbv2().eval(), "tiny", 32)

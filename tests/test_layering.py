@@ -13,30 +13,45 @@ ROOT = Path(__file__).resolve().parents[1]
 # lowest first: a module may import modules of its own layer or below, never above
 LAYERS: list[set[str]] = [
     {"dsa.errors", "dsa._version", "dsa.io", "dsa.testing", "dsa.vocab"},
+    {"dsa.ir"},  # the analysed network as plain data
+    {"dsa.formats", "dsa.formats.plan", "dsa.formats.profile", "dsa.formats.importance"},  # saved artifacts
+    {"dsa.checkpoints"},
     {"dsa.models", "dsa.data"},
-    {"dsa.graph"},
-    {"dsa.layers"},
-    {"dsa.plan"},
-    {"dsa.merge"},
+    {"dsa.graph"},  # torch.fx analysis
+    {"dsa.cache"},
+    {"dsa.transform", "dsa.transform.layers", "dsa.transform.merge"},
+    {"dsa.networks"},
     {"dsa.export"},
-    {"dsa.costs"},  # latency: pricing ops and plans
-    {"dsa.candidates"},  # planner
-    {"dsa.planner"},
-    {"dsa.pareto"},
-    {"dsa.bench"},  # measure
-    {"dsa.profile"},
-    {"dsa.calibrate"},
+    {"dsa.latency", "dsa.latency.ops", "dsa.latency.measured"},
+    {"dsa.latency.costs"},
+    {"dsa.latency.evaluate"},
+    {"dsa.latency.resolve"},
+    {"dsa.planner", "dsa.planner.candidates", "dsa.planner.solver", "dsa.planner.dp"},
+    {"dsa.planner.planner"},
+    {"dsa.planner.pareto"},
+    {"dsa.planner.plot"},
+    {"dsa.measure", "dsa.measure.timing"},
+    {"dsa.measure.profiler"},
+    {"dsa.measure.calibrate"},
+    {"dsa.train.config", "dsa.train.distributed", "dsa.train.losses"},
+    {"dsa.train.evaluate"},
+    {"dsa.train.loop"},
     {"dsa.train"},
     {"dsa.importance"},
+    {"dsa.commands"},
     {"dsa", "cli"},  # the package's re-exports and the command line
 ]
+
+# modules that never import torch (a cached analysis is planned and priced without it)
+TORCH_FREE = ("dsa.ir", "dsa.formats", "dsa.latency", "dsa.planner", "dsa.cache", "dsa.io", "dsa.vocab", "dsa.errors")
 
 
 def _modules() -> dict[str, Path]:
     out = {"cli": ROOT / "cli.py"}
     for pkg in ("dsa", "roofline"):
-        for p in (ROOT / pkg).glob("*.py"):
-            out[pkg if p.stem == "__init__" else f"{pkg}.{p.stem}"] = p
+        for p in (ROOT / pkg).rglob("*.py"):
+            parts = p.relative_to(ROOT).with_suffix("").parts
+            out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
     return out
 
 
@@ -117,6 +132,26 @@ def test_no_import_from_a_lower_layer_to_a_higher_one() -> None:
     assert unplaced == [], f"place new modules in LAYERS: {unplaced}"
 
 
+def test_the_planning_path_never_imports_torch() -> None:
+    import subprocess
+    import sys
+
+    graph = import_graph()
+    free = sorted(m for m in graph if m.startswith(TORCH_FREE))
+    for m in free:  # no edge out of the torch-free modules, function-level imports included
+        assert not {t for t in graph[m] if t.startswith("dsa") and not t.startswith(TORCH_FREE)}, m
+    code = f"import sys\nfor m in {free!r}:\n    __import__(m)\nprint(sorted(set(sys.modules) & {{'torch', 'torchvision', 'timm'}}))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_formats_and_latency_never_reach_up() -> None:
+    graph = import_graph()
+    for m, targets in graph.items():
+        if m.startswith(("dsa.formats", "dsa.latency")):
+            assert not {t for t in targets if t.startswith(("dsa.planner", "dsa.measure", "dsa.train"))}, m
+
+
 def test_roofline_is_standalone_and_only_the_cli_uses_typer_and_rich() -> None:
     graph = import_graph()
     for m, targets in graph.items():
@@ -129,9 +164,9 @@ def test_roofline_is_standalone_and_only_the_cli_uses_typer_and_rich() -> None:
 @pytest.mark.parametrize(
     ("edges", "expect_cycle", "expect_back"),
     [
-        ({"dsa.graph": {"dsa.plan"}, "dsa.plan": {"dsa.graph"}}, True, True),
-        ({"dsa.costs": {"dsa.profile"}}, False, True),
-        ({"dsa.profile": {"dsa.costs"}}, False, False),
+        ({"dsa.graph": {"dsa.formats.plan"}, "dsa.formats.plan": {"dsa.graph"}}, True, True),
+        ({"dsa.latency.costs": {"dsa.planner.planner"}}, False, True),
+        ({"dsa.planner.planner": {"dsa.latency.costs"}}, False, False),
     ],
 )
 def test_the_checks_catch_a_circle_and_a_back_edge(edges, expect_cycle, expect_back) -> None:

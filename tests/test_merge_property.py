@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 from torch import nn
 
 from dsa.errors import AnalysisError
+from dsa.formats.plan import make_plan
 from dsa.graph import analyze
-from dsa.merge import Affine, apply_plan, compose, conv_affine, conv_count, merge, verify
-from dsa.plan import make_plan
+from dsa.transform.merge import Affine, apply_plan, compose, conv_affine, conv_count, merge, verify
 
 KERNELS = (1, 3, 5, 7)
 

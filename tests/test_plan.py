@@ -14,7 +14,7 @@ import pytest
 
 from dsa import PlanError, act_list_of, analyze, ds_pattern_act_list, load_plan, make_plan, plan_from_act_list
 from dsa.errors import OutputError
-from dsa.plan import DS_PATTERNS, AddedActivation, Plan, plan_from_json, remove_all_plan
+from dsa.formats.plan import DS_PATTERNS, AddedActivation, Plan, plan_from_json, remove_all_plan
 from tests import tiny_models as tm
 
 SIZE = 32

@@ -14,22 +14,15 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from dsa import load_plan
-from dsa.candidates import plan_ms
-from dsa.costs import evaluate
 from dsa.errors import PlanError
+from dsa.formats.importance import load_importance
+from dsa.formats.plan import ds_pattern_act_list, plan_from_act_list
 from dsa.graph import analyze
-from dsa.plan import ds_pattern_act_list, plan_from_act_list
-from dsa.planner import (
-    PathProblem,
-    Planner,
-    dp_frontier,
-    fastest_plan,
-    load_importance,
-    plan_for_target,
-    quiet_fd1,
-    solve_dp,
-    solve_milp,
-)
+from dsa.latency.costs import plan_ms
+from dsa.latency.evaluate import evaluate
+from dsa.planner.dp import dp_frontier, solve_dp
+from dsa.planner.planner import Planner, fastest_plan, plan_for_target
+from dsa.planner.solver import PathProblem, quiet_fd1, solve_milp
 from tests import tiny_models as tm
 from tests.cli_helpers import dsa, ok, user_error
 
@@ -422,7 +415,7 @@ def test_mobilenet_v2_140_planner_beats_depthshrinker_patterns(mbv2, planners) -
 
 @pytest.mark.slow
 def test_mobilenet_v2_140_unreachable_and_pareto(mbv2, planners) -> None:
-    from dsa.pareto import frontier
+    from dsa.planner.pareto import frontier
 
     with pytest.raises(PlanError, match=r"best achievable is \d+ img/s"):
         planners["activation"].for_target(target_throughput=40000)
@@ -442,7 +435,7 @@ def test_finetune_example_runs_on_a_tiny_network(capsys) -> None:
 
 def test_cli_plan_with_a_measured_profile(tiny, tmp_path) -> None:
     """--profile: the profile's device, batch and precision, its measured times where it has them."""
-    profile_mod = pytest.importorskip("dsa.profile")
+    profile_mod = pytest.importorskip("dsa.formats.profile")
     import roofline as rl
 
     doc = {

@@ -14,12 +14,14 @@ from typer.testing import CliRunner
 
 import roofline as rl
 from cli import app
-from dsa.calibrate import calibrate, split, validate
-from dsa.costs import evaluate
 from dsa.errors import ArtifactError, DsaError
+from dsa.formats.plan import plan_from_act_list
+from dsa.formats.profile import load_profile, profile_from_json
 from dsa.graph import analyze
-from dsa.plan import plan_from_act_list
-from dsa.profile import load_profile, measured_items, profile_from_json, profile_model
+from dsa.latency.evaluate import evaluate
+from dsa.latency.measured import measured_items
+from dsa.measure.calibrate import calibrate, split, validate
+from dsa.measure.profiler import profile_model
 from tests import tiny_models as tm
 
 TINY = "tests.tiny_models:tiny_mbv2"
@@ -89,7 +91,7 @@ def test_evaluate_uses_measured_times(tiny, prof):
     assert src["baseline_ops"].get("measured", 0) >= len(ev.baseline_ops) - 2
     assert src["planned_ops"].get("measured", 0) > 0
     assert ev.device == prof.device_name and "profile" in ev.source
-    with pytest.raises(DsaError, match="profile it with those settings"):
+    with pytest.raises(DsaError, match="field 'batch_size' is 4, but batch 8 was asked for"):
         evaluate(a, plan, batch=8, precision="fp32", profile=prof)  # another batch size
 
 

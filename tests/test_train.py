@@ -14,11 +14,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-import dsa.train as tr
 from dsa import analyze, plan_from_act_list
+from dsa.checkpoints import load_training_checkpoint
 from dsa.data import MemoryDataset
 from dsa.errors import ModelError, PlanError, TrainingError
-from dsa.train import TrainConfig, build_networks, classifier_head, evaluate, kd_loss, replace_head, train
+from dsa.models import classifier_head, replace_head
+from dsa.networks import build_networks, load_for_eval
+from dsa.train.config import TrainConfig
+from dsa.train.evaluate import accuracy
+from dsa.train.loop import train
+from dsa.train.losses import kd_loss
 from tests import tiny_models as tm
 from tests.cli_helpers import dsa, ok, user_error
 from tests.test_data import write_folder
@@ -80,7 +85,7 @@ def config(data: Path, out: Path, **kw) -> TrainConfig:
 
 
 def weights(run: Path) -> dict:
-    return tr.load_training_checkpoint(run / "last.pt")["model"]
+    return load_training_checkpoint(run / "last.pt")["model"]
 
 
 # ------------------------------------------------------------------------------------------ heads and plans
@@ -105,7 +110,7 @@ def test_classifier_head_of_torchvision_and_timm_models() -> None:
 
 
 def test_new_head_breaks_the_fingerprint_and_the_plan_is_rederived(plan_path: Path) -> None:
-    from dsa.plan import load_plan
+    from dsa.formats.plan import load_plan
 
     plan = load_plan(plan_path)
     nets = build_networks(TINY, 5, plan=plan_path)
@@ -121,7 +126,7 @@ def test_new_head_breaks_the_fingerprint_and_the_plan_is_rederived(plan_path: Pa
 def test_plan_for_another_model_is_refused(tmp_path: Path) -> None:
     other = tmp_path / "se.json"
     a = analyze(tm.tiny_se(), "tests.tiny_models:tiny_se", 32)
-    from dsa.plan import remove_all_plan
+    from dsa.formats.plan import remove_all_plan
 
     remove_all_plan(a).save(other)
     with pytest.raises(PlanError, match="fingerprint"):
@@ -146,9 +151,9 @@ def test_evaluate_top1_top5() -> None:
             return torch.arange(self.k, dtype=torch.float32).expand(x.shape[0], -1)  # always predicts k-1
 
     imgs = torch.zeros(6, 1, 8, 8, dtype=torch.uint8)
-    acc3 = evaluate(Fixed(3), MemoryDataset(imgs, torch.tensor([2, 2, 0, 1, 2, 0])), batch_size=4)
+    acc3 = accuracy(Fixed(3), MemoryDataset(imgs, torch.tensor([2, 2, 0, 1, 2, 0])), batch_size=4)
     assert acc3.top1 == pytest.approx(50.0) and acc3.top5 is None and acc3.n == 6
-    acc6 = evaluate(Fixed(6), MemoryDataset(imgs, torch.tensor([5, 0, 1, 2, 3, 4])), batch_size=4)
+    acc6 = accuracy(Fixed(6), MemoryDataset(imgs, torch.tensor([5, 0, 1, 2, 3, 4])), batch_size=4)
     assert acc6.top1 == pytest.approx(100 / 6) and acc6.top5 == pytest.approx(500 / 6)
 
 
@@ -159,7 +164,7 @@ def test_baseline_run_writes_checkpoint_metrics_and_result(data: Path, tmp_path:
     events = []
     r = train(config(data, tmp_path / "run", epochs=1), callback=lambda e, i: events.append(e))
     assert r.finished and r.epochs_done == 1
-    ckpt = tr.load_training_checkpoint(tmp_path / "run" / "last.pt")
+    ckpt = load_training_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["plan"] is None and ckpt["epoch"] == 1 and ckpt["num_classes"] == 5
     assert {"model", "optimizer", "scheduler", "rng", "config", "sampler_epoch"} <= set(ckpt)
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -191,13 +196,13 @@ def test_planned_run_merged_accuracy_equals_merge_ready(data: Path, plan_path: P
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert len(lines) == 2 and all(x["kd"] is not None and x["kd"] >= 0 for x in lines)
     # the TorchScript export computes what the merged checkpoint computes
-    loaded = tr.load_for_eval(run / "merged.pt")
+    loaded = load_for_eval(run / "merged.pt")
     ts = torch.jit.load(str(run / "merged.torchscript.pt"))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(ts(x), loaded.module(x), atol=1e-5)
     # and dsa.export.load_merged rebuilds the finetuned head too
-    from dsa.export import load_merged
+    from dsa.networks import load_merged
 
     with torch.no_grad():
         assert torch.allclose(load_merged(run / "merged.pt")(x), loaded.module(x), atol=1e-6)
@@ -212,7 +217,7 @@ def test_resume_after_an_interrupted_run_equals_an_uninterrupted_run(
     train(config(data, tmp_path / "straight", **kw))
     first = train(config(data, tmp_path / "resumed", **kw), stop_after_epochs=1)
     assert not first.finished and first.epochs_done == 1
-    assert tr.load_training_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
+    assert load_training_checkpoint(tmp_path / "resumed" / "last.pt")["epoch"] == 1
     torch.manual_seed(123)  # a fresh process would start from another global RNG state
     second = train(config(data, tmp_path / "resumed", **kw), resume=True)
     assert second.finished and second.epochs_done == 3
@@ -245,10 +250,10 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(data: Path, tmp_path:
     monkeypatch.setattr(F, "cross_entropy", poisoned)
     with pytest.raises(TrainingError, match=r"loss is nan .* epoch 2 step 1; .*last\.pt \(epoch 1\)"):
         train(config(data, tmp_path / "run", bench_repeats=0))
-    ckpt = tr.load_training_checkpoint(tmp_path / "run" / "last.pt")
+    ckpt = load_training_checkpoint(tmp_path / "run" / "last.pt")
     assert ckpt["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
-    assert tr.load_for_eval(tmp_path / "run" / "last.pt").kind == "train"
+    assert load_for_eval(tmp_path / "run" / "last.pt").kind == "train"
 
 
 def test_nan_guard_from_the_cli_with_a_huge_learning_rate(data: Path, tmp_path: Path) -> None:
@@ -271,7 +276,7 @@ def test_torchrun_two_processes_gloo(data: Path, plan_path: Path, tmp_path: Path
            "--no-onnx", "--format", "json"]  # fmt: skip
     p = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
     assert p.returncode == 0, p.stdout + p.stderr
-    ckpt = tr.load_training_checkpoint(run / "last.pt")
+    ckpt = load_training_checkpoint(run / "last.pt")
     assert ckpt["world_size"] == 2 and len(ckpt["rng"]) == 2 and ckpt["epoch"] == 1
     assert ckpt["step"] == 5  # 30 images over 2 processes, batch 3: 5 steps
     assert len((run / "metrics.jsonl").read_text().splitlines()) == 1
@@ -305,7 +310,7 @@ def test_cli_train_and_eval_on_train_and_merged_checkpoints(data: Path, plan_pat
     assert "top-1" in out and "top-5" in out and "merged checkpoint" in out
 
     # `dsa merge` takes training checkpoints too: the merge-ready one as trained, the baseline (new head) by plan
-    from dsa.train import load_for_eval
+    from dsa.networks import load_for_eval
 
     x = torch.randn(2, 3, 32, 32)
     ready = load_for_eval(run / "last.pt").module
@@ -326,7 +331,7 @@ def test_cli_train_and_eval_on_train_and_merged_checkpoints(data: Path, plan_pat
 
 
 def ready_classes(run: Path) -> tuple[str, ...]:
-    return tuple(tr.load_training_checkpoint(run / "last.pt")["classes"])
+    return tuple(load_training_checkpoint(run / "last.pt")["classes"])
 
 
 def test_cli_eval_plain_state_dict(data: Path, tmp_path: Path) -> None:
@@ -353,7 +358,7 @@ def test_cli_eval_plain_state_dict(data: Path, tmp_path: Path) -> None:
 )
 def test_cli_train_bad_input_is_one_line(data: Path, tmp_path: Path, args: list, fragments: list) -> None:
     if "SE_PLAN" in args:
-        from dsa.plan import remove_all_plan
+        from dsa.formats.plan import remove_all_plan
 
         se = tmp_path / "se.json"
         remove_all_plan(analyze(tm.tiny_se(), "tests.tiny_models:tiny_se", 32)).save(se)

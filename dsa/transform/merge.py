@@ -21,13 +21,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from dsa.errors import MergeError, MergeVerificationError
-from dsa.graph import Analysis, Kind, Op, Segment, analyze
-from dsa.layers import RelocatedPad, RelocatedPadConv2d, conv_spec, pad_spec
-from dsa.plan import Plan, bn_folded_plan
+from dsa.formats.plan import Plan, bn_folded_plan
+from dsa.graph import analyze
+from dsa.ir import Analysis, Kind, Op, Segment
+from dsa.transform.layers import RelocatedPad, RelocatedPadConv2d, conv_spec, pad_spec
 
 _ACT_FACTORY = {"ReLU6": nn.ReLU6, "ReLU": nn.ReLU, "Hardswish": nn.Hardswish, "SiLU": nn.SiLU}
-
-# ------------------------------------------------------------------------------------------ tensors
 
 
 @dataclass
@@ -138,9 +137,6 @@ def add_identity(a: Affine, tap: tuple[int, int]) -> Affine:
     return Affine(w, a.bias, a.stride, a.depthwise)
 
 
-# ------------------------------------------------------------------------------------------ segments
-
-
 def _module(gm: fx.GraphModule, op: Op) -> nn.Module:
     node = _node(gm, op.node)
     return gm.get_submodule(node.target)
@@ -215,9 +211,6 @@ def _to_conv(affine: Affine, specs: list[list[int]], dtype: torch.dtype) -> Relo
         conv.weight.copy_(w.to(dtype))
         conv.bias.copy_(b.to(dtype))
     return conv
-
-
-# ------------------------------------------------------------------------------------------ graphs
 
 
 def _set_module(gm: fx.GraphModule, target: str, module: nn.Module) -> None:
@@ -519,19 +512,6 @@ def _bare_copy(gm: fx.GraphModule) -> fx.GraphModule:
 
 def conv_count(model: nn.Module) -> int:
     return sum(isinstance(m, nn.Conv2d) for m in model.modules())
-
-
-__all__ = [
-    "apply_plan",
-    "merge",
-    "bn_folded_network",
-    "verify",
-    "segment_errors",
-    "compose",
-    "fold_bn",
-    "dense_kernel",
-    "add_identity",
-]
 
 
 def bn_folded_network(model: nn.Module, name: str, input_size: int) -> fx.GraphModule:

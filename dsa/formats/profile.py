@@ -18,30 +18,20 @@ device (measured ceilings on a CPU) travels with the profile so that it can be c
 
 from __future__ import annotations
 
-import copy
-import datetime as dt
 import math
-import platform
 import statistics
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-import torch.fx as fx
-from torch import nn
-
 import roofline as rl
-from dsa.costs import dtype_bytes, op_spec
-from dsa.errors import ArtifactError, DsaError
-from dsa.graph import Analysis, Segment, segment_signature, signature_of
-from dsa.io import atomic_write_json, read_json, without_profiler_noise
-from dsa.plan import Plan, remove_all_plan
-from dsa.vocab import DEFAULT_DEVICE, LAYOUTS, PRECISIONS
+from dsa.errors import ArtifactError
+from dsa.io import atomic_write_json, read_json
+from dsa.ir import Analysis
+from dsa.vocab import LAYOUTS, PRECISIONS
 
 SCHEMA_VERSION = 1
-TORCH_DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.float32, torch.float16, torch.bfloat16), strict=True))
 
 
 @dataclass(frozen=True)
@@ -233,7 +223,7 @@ def profile_from_json(d: Any, path: str = "<memory>") -> Profile:
     ):
         if not isinstance(d.get(key), typ) or isinstance(d.get(key), bool):
             raise ArtifactError(f"profile {path}: field {key!r} is missing or not a {typ.__name__}")
-    if d["precision"] not in TORCH_DTYPES:
+    if d["precision"] not in PRECISIONS:
         raise ArtifactError(f"profile {path}: field 'precision' is {d['precision']!r}")
     if d["layout"] not in LAYOUTS:
         raise ArtifactError(f"profile {path}: field 'layout' is {d['layout']!r}, expected 'nchw' or 'channels_last'")
@@ -327,244 +317,6 @@ def find_profile(
     return min(found)[3:] if found else None
 
 
-# ------------------------------------------------------------------------------------------ measuring
-
-
-def environment(device: torch.device, layout: str, precision: str) -> dict:
-    env = {
-        "device": str(device),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-        "threads": torch.get_num_threads(),
-        "layout": layout,
-        "dtype": precision,
-        "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
-        "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
-        "tf32_cudnn": bool(torch.backends.cudnn.allow_tf32),
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-    }
-    if device.type == "cuda":
-        env |= {
-            "device_name": torch.cuda.get_device_name(device),
-            "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version(),
-        }
-    else:
-        env |= {"device_name": platform.processor() or platform.machine()}
-    return env
-
-
-class _Annotated(fx.Interpreter):
-    """Runs a traced network with one record_function range per op of the analysis."""
-
-    def __init__(self, gm: fx.GraphModule, names: dict[str, str]) -> None:
-        super().__init__(gm)
-        self.names = names
-
-    def run_node(self, n: fx.Node):
-        name = self.names.get(n.name)
-        if name is None:
-            return super().run_node(n)
-        with torch.profiler.record_function(f"dsa::{name}"):
-            return super().run_node(n)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _time_callable(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> Stat:
-    import time
-
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        _sync(device)
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize(device)
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-    return Stat.of(times)
-
-
-def _per_op_times(a: Analysis, x: torch.Tensor, device: torch.device, warmup: int, repeats: int) -> dict[str, Stat]:
-    """torch.profiler over ``repeats`` annotated forward passes; one range per op."""
-    from torch.profiler import ProfilerActivity, profile
-
-    gm = a.graph_module
-    names = {}
-    for op in a.ops.values():
-        if op.kind not in ("input", "output") and not op.id.endswith("/act"):
-            names[op.node] = op.name
-    interp = _Annotated(gm, names)
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with torch.inference_mode():
-        for _ in range(warmup):
-            interp.run(x)
-        _sync(device)
-        with without_profiler_noise():
-            with profile(activities=activities) as prof:
-                for _ in range(repeats):
-                    interp.run(x)
-                _sync(device)
-            events = prof.events()
-    per_op: dict[str, list[float]] = {}
-    for ev in events:
-        if not ev.name.startswith("dsa::"):
-            continue
-        us = ev.device_time_total if device.type == "cuda" else ev.cpu_time_total
-        per_op.setdefault(ev.name[5:], []).append(us / 1e3)
-    return {name: Stat.of(v) for name, v in per_op.items() if v and max(v) > 0}
-
-
-def candidate_segments(a: Analysis) -> list[tuple[Segment, bool]]:
-    """Every merged segment the planner may choose (the merged-segment edges of its DAGs, both
-    granularities), with whether an activation follows it (True unless it came only from removing
-    everything removable), deduplicated by shape."""
-    from dsa.candidates import RooflineCosts, build_candidates
-
-    out: dict[str, tuple[Segment, bool]] = {}
-    costs = RooflineCosts(a, DEFAULT_DEVICE)  # the device does not matter: only the segments are read
-    for granularity in ("activation", "block"):
-        for edge in build_candidates(a, costs, granularity).edges:
-            seg = getattr(edge, "segment", None)
-            if seg is not None and seg.merged:
-                out.setdefault(signature_of(seg), (seg, True))
-    for seg in remove_all_plan(a).induced_segments(a):
-        if seg.merged:
-            out.setdefault(signature_of(seg), (seg, False))
-    return list(out.values())
-
-
-def _segment_module(seg: Segment, act: bool) -> tuple[nn.Module, nn.Module | None]:
-    c_in, c_out, (kh, kw), stride = seg.in_channels, seg.out_channels, seg.kernel, seg.stride
-    pad_h = max(0, (seg.out_shape[1] - 1) * stride[0] + kh - seg.in_shape[1])
-    pad_w = max(0, (seg.out_shape[2] - 1) * stride[1] + kw - seg.in_shape[2])
-    conv = nn.Conv2d(c_in, c_out, (kh, kw), stride, padding=(pad_h // 2, pad_w // 2), groups=seg.groups, bias=True)
-    return conv, (nn.ReLU6() if act else None)
-
-
-def profile_model(
-    model: nn.Module,
-    a: Analysis,
-    *,
-    batch_size: int = 32,
-    precision: str = "fp32",
-    device: str = "cpu",
-    channels_last: bool = False,
-    warmup: int = 2,
-    repeats: int = 5,
-    plan: Plan | None = None,
-    segments: Sequence[tuple[Segment, bool]] | None = None,
-    device_spec: rl.DeviceSpec | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-) -> Profile:
-    """Measure ``model`` (analysed as ``a``); see the module docstring. A KeyboardInterrupt stops measuring
-    and returns what was measured so far, with ``complete=False``."""
-    from dsa.bench import measure
-    from dsa.merge import merge
-
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise DsaError(f"--device {device}: CUDA is not available here; use --device cpu")
-    if precision not in TORCH_DTYPES:
-        raise DsaError(f"unknown precision {precision!r}; choose one of {', '.join(TORCH_DTYPES)}")
-    if precision == "tf32" and dev.type != "cuda":
-        raise DsaError("--precision tf32 is a CUDA tensor-core mode; a CPU computes fp32: use --precision fp32")
-    dtype = TORCH_DTYPES[precision]
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = precision == "tf32"
-    layout = "channels_last" if channels_last else "nchw"
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    spec = device_spec or rl.measure_local_device(device, seconds=2.0)
-    size = a.input_size
-    x = torch.randn(batch_size, 3, size, size, dtype=dtype, device=dev).contiguous(memory_format=fmt)
-    a.graph_module.to(dev, dtype=dtype, memory_format=fmt).eval()
-    model.to(dev, dtype=dtype, memory_format=fmt).eval()
-    segments = list(segments) if segments is not None else candidate_segments(a)
-    total = 1 + len(segments) + 1 + (plan is not None)
-    step = 0
-
-    def tick(what: str) -> None:
-        nonlocal step
-        step += 1
-        if progress:
-            progress(what, step, total)
-
-    ops: dict[str, Stat] = {}
-    segs: dict[str, dict] = {}
-    e2e: dict[str, dict] = {}
-    complete = True
-    try:
-        ops = _per_op_times(a, x, dev, warmup, repeats)
-        tick("per-op profile")
-        for seg, act in segments:
-            conv, act_mod = _segment_module(seg, act)
-            conv = conv.to(dev, dtype=dtype, memory_format=fmt).eval()
-            xin = torch.randn(batch_size, *seg.in_shape, dtype=dtype, device=dev).contiguous(memory_format=fmt)
-            entry = {
-                "members": list(seg.members),
-                "convs": len(seg.convs),
-                "c_in": seg.in_channels,
-                "c_out": seg.out_channels,
-                "kernel": list(seg.kernel),
-                "stride": list(seg.stride),
-                "groups": seg.groups,
-                "in_shape": list(seg.in_shape),
-                "out_shape": list(seg.out_shape),
-                "conv": _time_callable(lambda c=conv, t=xin: c(t), dev, warmup, repeats),
-                "act": None,
-            }
-            if act_mod is not None:
-                with torch.inference_mode():
-                    y = conv(xin)
-                entry["act"] = _time_callable(lambda m=act_mod, t=y: m(t), dev, warmup, repeats)
-            segs[signature_of(seg)] = entry
-            tick(f"segment {seg.members[0]}")
-        nets = {"original": model}
-        if plan is not None:
-            # merge a float32 CPU copy (merge verifies in float64 there), then time it like the original
-            nets["merged"] = merge(copy.deepcopy(model).float().cpu(), plan).to(dev, dtype=dtype)
-        res = measure(nets, batch_size, size, device, channels_last, warmup, repeats, dtype=dtype)
-        for name, t in res.items():
-            lat = [1e3 * batch_size / r for r in t.runs]
-            e2e[name] = {**Stat.of(lat).to_json(), "images_per_s": t.images_per_s, "batch_size": batch_size}
-            if name == "merged":
-                e2e[name]["plan"] = plan.to_json()
-            tick(f"end to end: {name}")
-    except KeyboardInterrupt:
-        complete = False
-    if ops:
-        e2e["sum_of_ops_ms"] = sum(s.median_ms for s in ops.values())
-    return Profile(
-        model=a.model_name,
-        fingerprint=a.fingerprint,
-        input_size=size,
-        batch_size=batch_size,
-        precision=precision,
-        layout=layout,
-        environment=environment(dev, layout, precision),
-        device_spec=spec.to_dict(),
-        ops=ops,
-        segments=segs,
-        end_to_end=e2e,
-        warmup=warmup,
-        repeats=repeats,
-        complete=complete,
-    )
-
-
 def default_path(p: Profile, directory: str | Path = "profiles") -> Path:
     return profile_path(p.device_name, p.model, p.batch_size, p.precision, p.layout, directory)
 
@@ -582,70 +334,3 @@ def partial_path(path: str | Path) -> Path:
     path = Path(path)
     stem = path.name[: -len(".json")] if path.name.endswith(".json") else path.name
     return path.with_name(stem + ".partial.json")
-
-
-# ------------------------------------------------------------------------------------------ using profiles
-
-
-@dataclass
-class MeasuredItem:
-    """One measured op or segment, with the roofline op(s) that model it."""
-
-    key: str
-    kind: str  # "op" or "segment"
-    specs: list[rl.OpSpec] = field(default_factory=list)
-    measured_ms: float = 0.0
-
-
-def measured_items(a: Analysis, p: Profile) -> list[MeasuredItem]:
-    """Pair every measured op and segment of a profile with its roofline ops."""
-    if p.fingerprint != a.fingerprint:
-        raise ArtifactError(
-            f"profile of {p.model!r} (fingerprint {p.fingerprint}) does not match {a.model_name!r} "
-            f"(fingerprint {a.fingerprint}); profile this model first"
-        )
-    nbytes = dtype_bytes(p.precision)
-    items = []
-    for op in a.ops.values():
-        if op.name in p.ops:
-            spec = op_spec(a, op, p.batch_size, nbytes)
-            if spec is not None:
-                items.append(MeasuredItem(op.name, "op", [spec], p.ops[op.name].median_ms))
-    for sig, s in p.segments.items():
-        conv = rl.conv2d_op(
-            sig,
-            p.batch_size,
-            s["c_in"],
-            s["c_out"],
-            s["in_shape"][1],
-            s["in_shape"][2],
-            s["out_shape"][1],
-            s["out_shape"][2],
-            kernel=tuple(s["kernel"]),
-            groups=s["groups"],
-            bias=True,
-            dtype_bytes=nbytes,
-        )
-        items.append(MeasuredItem(sig, "segment", [conv], s["conv"].median_ms))
-    return items
-
-
-def with_calibration(p: Profile, calibration: rl.Calibration) -> Profile:
-    return replace(p, calibration=calibration.to_dict())
-
-
-__all__ = [
-    "Profile",
-    "Stat",
-    "profile_model",
-    "load_profile",
-    "device_profiles",
-    "find_profile",
-    "candidate_segments",
-    "measured_items",
-    "signature_of",
-    "segment_signature",
-    "default_path",
-    "profile_path",
-    "partial_path",
-]

@@ -18,11 +18,12 @@ import numpy as np
 from scipy import stats
 
 import roofline as rl
-from dsa.costs import baseline_ops, planned_ops
 from dsa.errors import ArtifactError
-from dsa.graph import Analysis
-from dsa.plan import plan_from_json
-from dsa.profile import MeasuredItem, Profile, measured_items, with_calibration
+from dsa.formats.plan import plan_from_json
+from dsa.formats.profile import Profile
+from dsa.ir import Analysis
+from dsa.latency.measured import MeasuredItem, measured_items, with_calibration
+from dsa.latency.ops import baseline_ops, planned_ops
 
 
 def is_heldout(key: str) -> bool:

@@ -13,11 +13,14 @@ from pathlib import Path
 from typing import Any
 
 from dsa.errors import PlanError
-from dsa.graph import Analysis, Kind
 from dsa.io import atomic_write_json, read_json
+from dsa.ir import Analysis, Kind
 
 SCHEMA_VERSION = 1
+
+
 ADDABLE_ACTIVATIONS = ("ReLU6", "ReLU", "Hardswish", "SiLU")
+
 
 # DepthShrinker's released MobileNetV2-1.4 patterns: kept blocks (0-based into the 17 inverted residuals)
 # and whether the stem activation is kept. The head is always kept.

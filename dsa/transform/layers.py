@@ -7,11 +7,13 @@ Both layers are TorchScript-compatible (so no ``from __future__ import annotatio
 ``nn.Conv2d`` 's state_dict keys.
 """
 
+from __future__ import annotations
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dsa.graph import ConvInfo
+from dsa.ir import ConvInfo
 
 # spec row: [kind, kh, kw, sh, sw, dh, dw, top, bottom, left, right]; kind 0 = pad, 1 = conv (fixed), 2 = conv "same"
 PAD, CONV_FIXED, CONV_SAME = 0, 1, 2  # literals below too: TorchScript cannot read globals

@@ -35,152 +35,17 @@ Times come from a :class:`CostModel`: :class:`RooflineCosts` (the roofline of :m
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Protocol
 
-import roofline as rl
-from dsa.costs import dtype_bytes, op_spec, segment_conv_spec
 from dsa.errors import PlanError
-from dsa.graph import (
-    LINEAR_KINDS,
-    Analysis,
-    Kind,
-    Op,
-    ResidualUnit,
-    Segment,
-    cut_run,
-    linear_runs,
-    make_segment,
-    signature_of,
-)
+from dsa.ir import LINEAR_KINDS, Analysis, Kind, Op, ResidualUnit, Segment, cut_run, linear_runs, make_segment
+from dsa.latency.costs import CostModel
 
 SEGMENT, KEEP, CUT, ENTER, ADD = "segment", "keep", "cut", "enter", "add"
+
+
 GRANULARITIES = ("activation", "block")
-
-# ------------------------------------------------------------------------------------------------ costs
-
-
-class CostModel(Protocol):
-    """Milliseconds for the pieces of a planned network (at a fixed device, batch and precision)."""
-
-    def op_ms(self, op: Op) -> float:
-        """An op of the original network run as it is (0 for ops that launch no kernel)."""
-
-    def segment_ms(self, seg: Segment) -> float:
-        """The conv a segment merges into."""
-
-    def added_act_ms(self, after: Op, seg: Segment | None) -> float:
-        """An activation added after ``after`` (``seg``: the segment that ends there, if any)."""
-
-
-class RooflineCosts:
-    """Times from the roofline model (:func:`roofline.predict_op`), as :func:`dsa.costs.evaluate` computes them.
-
-    ``segment_ms_override`` / ``op_ms_override`` (optional callables returning milliseconds or None) replace the
-    roofline time of a merged segment / an original op where they return a number, e.g. measured times.
-    """
-
-    def __init__(
-        self,
-        analysis: Analysis,
-        device: str | rl.DeviceSpec,
-        batch: int = 128,
-        precision: str = "fp32",
-        calibration: rl.Calibration | None = None,
-    ) -> None:
-        self.analysis = analysis
-        self.device = device if isinstance(device, rl.DeviceSpec) else rl.load_device(device)
-        self.batch = batch
-        self.precision = precision
-        self.nbytes = dtype_bytes(precision)
-        cal = self.device.calibration
-        if calibration is None and cal is not None and cal.precision == precision:
-            calibration = cal
-        self.calibration = calibration
-        self._op_cache: dict[str, float] = {}
-
-    @property
-    def source(self) -> str:
-        return f"roofline ({'calibrated' if self.calibration else 'datasheet, uncalibrated'})"
-
-    def spec_ms(self, spec: rl.OpSpec) -> float:
-        return rl.predict_op(spec, self.device, self.precision, self.calibration).total_ms
-
-    def op_spec(self, op: Op) -> rl.OpSpec | None:
-        return op_spec(self.analysis, op, self.batch, self.nbytes)
-
-    def op_ms(self, op: Op) -> float:
-        if op.id not in self._op_cache:
-            spec = self.op_spec(op)
-            self._op_cache[op.id] = 0.0 if spec is None else self.spec_ms(spec)
-        return self._op_cache[op.id]
-
-    def segment_ms(self, seg: Segment) -> float:
-        return self.spec_ms(segment_conv_spec(seg, self.batch, self.nbytes))
-
-    def added_act_ms(self, after: Op, seg: Segment | None) -> float:
-        numel = self.batch * _prod(after.shape[1:]) if after.shape else 0
-        name = f"{after.block}.ds_act" if after.block else "ds_act"
-        return self.spec_ms(rl.elementwise_op(name, "act", numel, dtype_bytes=self.nbytes, batch=self.batch))
-
-
-class ProfileCosts(RooflineCosts):
-    """Measured times of a :class:`dsa.profile.Profile` where it has them, else its (calibrated) roofline —
-    the same rules as ``dsa evaluate --profile``: an op by name, a merged segment by its shape signature, a
-    one-conv segment by its conv, an added activation by the measured activation after the segment it follows."""
-
-    def __init__(self, analysis: Analysis, profile, batch: int | None = None, precision: str | None = None) -> None:
-        batch = profile.batch_size if batch is None else batch
-        precision = profile.precision if precision is None else precision
-        if not profile.matches(analysis.fingerprint, batch, precision, analysis.input_size):
-            raise PlanError(
-                f"the profile is of {profile.model} at {profile.input_size} px, batch {profile.batch_size}, "
-                f"{profile.precision} (fingerprint {profile.fingerprint}); the plan is for {analysis.model_name} at "
-                f"{analysis.input_size} px, batch {batch}, {precision} (fingerprint {analysis.fingerprint}): use "
-                f"--input-size {profile.input_size} --batch-size {profile.batch_size} --precision {profile.precision} "
-                "for this profile, profile this model at these settings, or drop --profile"
-            )
-        super().__init__(analysis, profile.device(), batch, precision)
-        self.profile = profile
-
-    @property
-    def source(self) -> str:
-        return f"profile of {self.profile.device_name} ({self.profile.layout}) + {super().source}"
-
-    def op_ms(self, op: Op) -> float:
-        stat = self.profile.ops.get(op.name)
-        if stat is None or self.op_spec(op) is None:  # ops that launch no kernel cost nothing, measured or not
-            return super().op_ms(op)
-        return stat.median_ms
-
-    def _segment_entry(self, seg: Segment):
-        return self.profile.segments.get(signature_of(seg)) if seg.merged else None
-
-    def segment_ms(self, seg: Segment) -> float:
-        entry = self._segment_entry(seg)
-        if entry is not None:
-            return entry["conv"].median_ms
-        if not seg.merged and seg.convs[0] in self.profile.ops:
-            return self.profile.ops[seg.convs[0]].median_ms
-        return super().segment_ms(seg)
-
-    def added_act_ms(self, after: Op, seg: Segment | None) -> float:
-        entry = self._segment_entry(seg) if seg is not None else None
-        if entry is not None and entry.get("act") is not None:
-            return entry["act"].median_ms
-        return super().added_act_ms(after, seg)
-
-
-def _prod(xs: Sequence[int]) -> int:
-    p = 1
-    for x in xs:
-        p *= x
-    return p
-
-
-# ------------------------------------------------------------------------------------------ structure
 
 
 @dataclass(frozen=True)
@@ -567,22 +432,3 @@ def _prune(c: Candidates) -> None:
     c.nodes, c.edges = nodes, edges
     c.starts = [remap[s] for s in c.starts]
     c.ends = [remap[t] for t in c.ends]
-
-
-def plan_ms(analysis: Analysis, plan, costs: CostModel) -> float:
-    """Predicted latency of any plan under ``costs`` (the op-by-op rules of :func:`dsa.costs.planned_ops`)."""
-    a = analysis
-    segs = plan.induced_segments(a)
-    covered = {mid: s for s in segs for mid in s.member_ids}
-    first_of = {s.member_ids[0]: s for s in segs}
-    removed = {a.by_name[n].id for n in plan.removed}
-    added = {a.by_name[x.after].id for x in plan.added}
-    total = []
-    for op in a.ops.values():
-        if op.id in first_of:
-            total.append(costs.segment_ms(first_of[op.id]))
-        elif op.id not in covered and op.id not in removed:
-            total.append(costs.op_ms(op))
-        if op.id in added:
-            total.append(costs.added_act_ms(op, covered.get(op.id)))
-    return math.fsum(total)

@@ -31,12 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import random
 import time
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -45,350 +43,30 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 from torch.utils.data.distributed import DistributedSampler
 
-from dsa.data import DataBundle, dataset_classes, flip_generator, load_data, prepare_batch
+from dsa.checkpoints import load_training_checkpoint, training_checkpoint
+from dsa.data import DataBundle, flip_generator, load_data, prepare_batch
 from dsa.errors import (
-    ArtifactError,
-    DataError,
     ExportError,
     InterruptedRunError,
-    ModelError,
-    PlanError,
     TrainingError,
 )
 from dsa.io import Outputs, atomic_torch_save, atomic_write_json
-from dsa.models import DEFAULT_MODEL, classifier_head, create_model, input_size, replace_head
-
-CHECKPOINT_KIND = "dsa.train"
-CHECKPOINT_SCHEMA_VERSION = 1
-CHECKPOINT_NAME = "last.pt"
-METRICS_NAME = "metrics.jsonl"
-RESULT_NAME = "result.json"
-OPTIMIZERS = ("sgd", "adamw")
-DEFAULT_WEIGHT_DECAY = {"sgd": 4e-5, "adamw": 0.05}
-
-Callback = Callable[[str, dict], None]
-
-# config fields that may change between a run and its resumption (they do not change the weights)
-_RESUMABLE_CHANGES = frozenset({"out", "num_workers", "bench_batch_size", "bench_repeats", "onnx", "eval_batch_size"})
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """One training run. ``batch_size`` is per process; ``image_size`` None means the model's default."""
-
-    data: str
-    out: str
-    model: str = DEFAULT_MODEL
-    pretrained: bool = False
-    checkpoint: str | None = None
-    plan: str | None = None
-    epochs: int = 10
-    batch_size: int = 32
-    lr: float = 0.01
-    optimizer: str = "sgd"
-    momentum: float = 0.9
-    weight_decay: float | None = None  # None: 4e-5 for SGD, 0.05 for AdamW
-    image_size: int | None = None
-    distill: bool = True
-    kd_weight: float = 0.7
-    temperature: float = 1.0
-    amp: bool = False
-    channels_last: bool = False
-    num_workers: int = 0
-    seed: int = 0
-    max_steps_per_epoch: int | None = None
-    device: str = "auto"
-    eval_batch_size: int = 64
-    bench_batch_size: int = 32
-    bench_repeats: int = 5
-    onnx: bool = True
-
-    def validated(self) -> TrainConfig:
-        """A copy with defaults resolved; raises :class:`TrainingError` naming a bad field."""
-        checks = [
-            (self.epochs >= 1, "epochs must be >= 1"),
-            (self.batch_size >= 2, "batch size must be >= 2 (BatchNorm trains on batches)"),
-            (self.lr > 0 and math.isfinite(self.lr), "lr must be a positive number"),
-            (
-                self.weight_decay is None or (self.weight_decay >= 0 and math.isfinite(self.weight_decay)),
-                f"weight-decay must be a number >= 0, got {self.weight_decay}",
-            ),
-            (self.momentum >= 0 and math.isfinite(self.momentum), "momentum must be a number >= 0"),
-            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {', '.join(OPTIMIZERS)}"),
-            (0.0 <= self.kd_weight <= 1.0, "kd-weight must lie in [0, 1]"),
-            (self.temperature > 0, "temperature must be > 0"),
-            (self.num_workers >= 0, "num-workers must be >= 0"),
-            (self.max_steps_per_epoch is None or self.max_steps_per_epoch >= 1, "max-steps-per-epoch must be >= 1"),
-            (self.image_size is None or self.image_size >= 8, "image size must be >= 8"),
-            (self.bench_repeats >= 0 and self.bench_batch_size >= 1, "bench repeats >= 0 and bench batch >= 1"),
-            (not (self.pretrained and self.checkpoint), "give --pretrained or --checkpoint, not both"),
-        ]
-        for ok, msg in checks:
-            if not ok:
-                raise TrainingError(msg)
-        wd = DEFAULT_WEIGHT_DECAY[self.optimizer] if self.weight_decay is None else self.weight_decay
-        size = input_size(self.model) if self.image_size is None else self.image_size
-        return replace(self, weight_decay=wd, image_size=size)
-
-
-@dataclass(frozen=True)
-class Accuracy:
-    top1: float  # percent
-    top5: float | None  # percent; None with fewer than 5 classes
-    n: int
-    predictions: torch.Tensor = field(repr=False, compare=False, default_factory=lambda: torch.empty(0))
-
-    def to_json(self) -> dict:
-        return {"top1": self.top1, "top5": self.top5, "n": self.n}
-
-
-@dataclass(frozen=True)
-class TrainResult:
-    """What rank 0 returns; ``summary`` is also written to ``RUN/result.json`` when the run finished."""
-
-    run_dir: Path
-    finished: bool  # False when stopped early (stop_after_epochs)
-    epochs_done: int
-    summary: dict
-
-
-# ------------------------------------------------------------------------------------------ distributed
-
-
-@dataclass(frozen=True)
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-    owns_group: bool = False  # this process initialised the process group (and destroys it)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world_size > 1
-
-
-def _env_int(name: str, default: int) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError as e:
-        raise TrainingError(f"environment variable {name}={raw!r} is not an integer") from e
-
-
-def _resolve_device(device: str, local_rank: int) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise TrainingError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
-    if device != "cpu":
-        raise TrainingError(f"--device must be auto, cpu or cuda[:i], got {device!r}")
-    return torch.device("cpu")
-
-
-def init_distributed(device: str = "auto") -> DistInfo:
-    """Read RANK / WORLD_SIZE / LOCAL_RANK (set by torchrun); with WORLD_SIZE > 1 join the process group
-    (nccl on CUDA, gloo on CPU). A single process without torchrun needs nothing."""
-    world = _env_int("WORLD_SIZE", 1)
-    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    dev = _resolve_device(device, local)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    owns = False
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if dev.type == "cuda" else "gloo")
-        owns = True
-    if dist.is_initialized():
-        rank, world = dist.get_rank(), dist.get_world_size()
-    return DistInfo(rank, world, local, dev, owns)
-
-
-def _barrier(d: DistInfo) -> None:
-    if d.distributed:
-        dist.barrier()
-
-
-# ------------------------------------------------------------------------------------------ models
-
-
-def _read_torch(path: Path, what: str) -> Any:
-    from dsa.io import read_torch
-
-    return read_torch(path, what)
-
-
-def _state_of(obj: Any, path: Path) -> dict:
-    """The state_dict inside a loaded checkpoint (plain, {'model': ...}, {'state_dict': ...})."""
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict"):
-            if isinstance(obj.get(key), dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ModelError(f"checkpoint {path} does not hold a state_dict of tensors")
-    return obj
-
-
-def _load_state(model: nn.Module, state: dict, path: Path) -> None:
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        first = next((ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln), str(e).splitlines()[0])
-        raise ModelError(f"checkpoint {path} does not fit the model: {first}") from e
-    bad = result.missing_keys or result.unexpected_keys
-    if bad:
-        raise ModelError(
-            f"checkpoint {path} does not fit the model: {len(result.missing_keys)} missing and "
-            f"{len(result.unexpected_keys)} unexpected keys (e.g. {bad[0]})"
-        )
-
-
-def _load_start_weights(model: nn.Module, path: Path, num_classes: int) -> bool:
-    """Load --checkpoint (a state_dict, or a plain `dsa train` checkpoint such as the baseline's), replacing the
-    head before or after loading as the checkpoint's head width requires. Returns whether the head was replaced."""
-    ckpt = _read_torch(path, "checkpoint")
-    if isinstance(ckpt, dict) and ckpt.get("kind") == "dsa.merged":
-        raise ModelError(f"{path} is a merged checkpoint; training starts from an unmerged network (e.g. the baseline)")
-    if isinstance(ckpt, dict) and ckpt.get("kind") == CHECKPOINT_KIND and ckpt.get("plan") is not None:
-        raise ModelError(
-            f"{path} is a merge-ready training checkpoint (trained with a plan); start from a plain one "
-            "(the baseline's RUN/last.pt), or continue that run with --out RUN --resume"
-        )
-    state = _state_of(ckpt, path)
-    name, head = classifier_head(model)
-    ckpt_classes = state.get(f"{name}.weight", torch.empty(0, 0)).shape[0]
-    if ckpt_classes == num_classes:
-        replaced = replace_head(model, num_classes)
-        _load_state(model, state, path)
-    else:
-        _load_state(model, state, path)
-        replaced = replace_head(model, num_classes)
-    return replaced
-
-
-@dataclass
-class Networks:
-    student: nn.Module  # the network to train (merge-ready with a plan)
-    original: nn.Module  # the starting network (the teacher with a plan)
-    plan: Any  # the effective Plan (re-derived for a new head) or None
-    head_replaced: bool
-
-
-def build_networks(
-    model: str,
-    num_classes: int,
-    *,
-    pretrained: bool = False,
-    checkpoint: str | Path | None = None,
-    plan: str | Path | None = None,
-) -> Networks:
-    """The original network with a ``num_classes`` head (weights from ``pretrained`` / ``checkpoint``) and, with a
-    plan, its merge-ready copy. ``plan`` is checked against the model as built (before the head is replaced)."""
-    from dsa.graph import analyze
-    from dsa.merge import apply_plan
-    from dsa.plan import load_plan, make_plan
-
-    base = create_model(model, pretrained=pretrained)
-    p = load_plan(plan) if plan is not None else None
-    first_error = None
-    if p is not None:
-        try:
-            p.check(analyze(base, model, p.input_size))
-        except PlanError as e:  # retried below against the new head (a plan made for num_classes classes)
-            first_error = e
-    if checkpoint is not None:
-        replaced = _load_start_weights(base, Path(checkpoint), num_classes)
-    else:
-        replaced = replace_head(base, num_classes)
-    if p is None:
-        return Networks(base, base, None, replaced)
-    analysis = analyze(base, model, p.input_size)
-    if first_error is not None and (not replaced or p.fingerprint != analysis.fingerprint):
-        raise first_error
-    if p.fingerprint != analysis.fingerprint:
-        derived = make_plan(analysis, p.removed, p.added, p.boundaries, source=p.source)
-        p = derived.with_metadata(
-            **p.metadata,
-            derived_from={"fingerprint": p.fingerprint, "reason": f"classifier replaced for {num_classes} classes"},
-        )
-    base.eval()
-    student = apply_plan(base, p, analysis)
-    return Networks(student, base, p, replaced)
-
-
-# ------------------------------------------------------------------------------------------ evaluation
-
-
-def _loader(ds: Dataset, batch_size: int, num_workers: int, sampler=None, drop_last: bool = False) -> DataLoader:
-    # a generator of its own: creating an iterator then never draws from the global RNG (dropout's), so a resumed
-    # run continues the global RNG exactly where the checkpoint left it
-    return DataLoader(
-        ds,
-        batch_size=batch_size,
-        sampler=sampler,
-        shuffle=False,
-        num_workers=num_workers,
-        drop_last=drop_last,
-        persistent_workers=False,
-        generator=torch.Generator().manual_seed(0),
-    )
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    dataset: Dataset,
-    *,
-    batch_size: int = 64,
-    device: torch.device | str = "cpu",
-    channels_last: bool = False,
-    num_workers: int = 0,
-    mean=None,
-    std=None,
-    num_classes: int | None = None,
-    progress: Callable[[int, int], None] | None = None,
-) -> Accuracy:
-    """Top-1 (and top-5 with >= 5 classes) accuracy in percent of ``model`` in eval mode; the model's mode is
-    restored afterwards. Keeps the top-1 predictions (for comparing two networks on the same data).
-    ``progress(batches_done, batches)`` is called after every batch."""
-    from dsa.data import IMAGENET_MEAN, IMAGENET_STD
-
-    was_training = model.training
-    model.eval()
-    preds, labels, correct5, k = [], [], 0, num_classes
-    try:
-        loader = _loader(dataset, batch_size, num_workers)
-        for i, (x, y) in enumerate(loader):
-            if progress:
-                progress(i, len(loader))
-            x = prepare_batch(x, device, mean or IMAGENET_MEAN, std or IMAGENET_STD, channels_last=channels_last)
-            logits = model(x).float().cpu()
-            k = k or int(logits.shape[1])
-            preds.append(logits.argmax(1))
-            labels.append(y)
-            if k >= 5:
-                correct5 += int((logits.topk(5, 1).indices == y.view(-1, 1)).any(1).sum())
-    finally:
-        model.train(was_training)
-    if not preds:
-        raise DataError("the evaluation split is empty")
-    p, y = torch.cat(preds), torch.cat(labels)
-    n = len(y)
-    return Accuracy(100.0 * float((p == y).sum()) / n, 100.0 * correct5 / n if k >= 5 else None, n, p)
-
-
-# ------------------------------------------------------------------------------------------ checkpoints
+from dsa.networks import Networks, build_networks
+from dsa.train.config import (
+    CHECKPOINT_NAME,
+    METRICS_NAME,
+    RESULT_NAME,
+    Accuracy,
+    Callback,
+    TrainConfig,
+    TrainResult,
+    _config_differences,
+)
+from dsa.train.distributed import DistInfo, _barrier, init_distributed
+from dsa.train.evaluate import _loader, accuracy
+from dsa.train.losses import kd_loss
 
 
 def _rng_state() -> dict:
@@ -427,32 +105,8 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def load_training_checkpoint(path: str | Path) -> dict:
-    """Read and validate a `dsa train` checkpoint (``kind`` ``dsa.train``)."""
-    path = Path(path)
-    ckpt = _read_torch(path, "training checkpoint")
-    if not isinstance(ckpt, dict) or ckpt.get("kind") != CHECKPOINT_KIND:
-        raise ArtifactError(f"{path} is not a dsa training checkpoint (field 'kind')")
-    if ckpt.get("schema_version") != CHECKPOINT_SCHEMA_VERSION:
-        raise ArtifactError(
-            f"{path}: field 'schema_version' is {ckpt.get('schema_version')!r}, this dsa reads "
-            f"{CHECKPOINT_SCHEMA_VERSION}"
-        )
-    return ckpt
-
-
-def _config_differences(saved: dict, cfg: TrainConfig) -> list[str]:
-    now = asdict(cfg)
-    return [
-        f"{k} ({saved.get(k)!r} -> {now[k]!r})" for k in now if k not in _RESUMABLE_CHANGES and saved.get(k) != now[k]
-    ]
-
-
 def _all_finite(model: nn.Module) -> bool:
     return all(bool(torch.isfinite(p).all()) for p in model.parameters())
-
-
-# ------------------------------------------------------------------------------------------ the run
 
 
 class _Metrics:
@@ -480,17 +134,6 @@ class _Metrics:
             f.write(json.dumps(rec) + "\n")
             f.flush()
             os.fsync(f.fileno())
-
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-    """KL(teacher || student) on temperature-softened distributions, times T^2 (Hinton et al.)."""
-    t = temperature
-    return F.kl_div(
-        F.log_softmax(student_logits / t, dim=1),
-        F.log_softmax(teacher_logits / t, dim=1),
-        reduction="batchmean",
-        log_target=True,
-    ) * (t * t)
 
 
 @contextlib.contextmanager
@@ -633,24 +276,22 @@ class _Loop:
         return stats.cpu()
 
     def checkpoint(self, plan: Any, data: DataBundle, rng: list, val: Accuracy) -> dict:
-        return {
-            "kind": CHECKPOINT_KIND,
-            "schema_version": CHECKPOINT_SCHEMA_VERSION,
-            "config": asdict(self.cfg),
-            "plan": plan.to_json() if plan is not None else None,
-            "classes": list(data.classes),
-            "num_classes": data.num_classes,
-            "model": {k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()},
-            "optimizer": self.opt.state_dict(),
-            "scheduler": self.sched.state_dict(),
-            "scaler": self.scaler.state_dict() if self.use_scaler else None,
-            "epoch": self.epoch,
-            "step": self.step,
-            "sampler_epoch": self.epoch - 1,
-            "world_size": self.d.world_size,
-            "rng": rng,
-            "val": val.to_json(),
-        }
+        return training_checkpoint(
+            config=asdict(self.cfg),
+            plan=plan.to_json() if plan is not None else None,
+            classes=list(data.classes),
+            num_classes=data.num_classes,
+            model={k: v.detach().cpu().clone() for k, v in self.student.state_dict().items()},
+            optimizer=self.opt.state_dict(),
+            scheduler=self.sched.state_dict(),
+            scaler=self.scaler.state_dict() if self.use_scaler else None,
+            epoch=self.epoch,
+            step=self.step,
+            sampler_epoch=self.epoch - 1,
+            world_size=self.d.world_size,
+            rng=rng,
+            val=val.to_json(),
+        )
 
 
 def _run(cfg: TrainConfig, d: DistInfo, resume: bool, stop_after: int | None, notify: Callback) -> TrainResult | None:
@@ -754,7 +395,7 @@ def _epochs(cfg, d, data, nets, loop, sampler, loader, steps, start_epoch, stop_
             rng = [_rng_state()]
         if d.main:  # validation draws nothing from the global RNG (eval mode, own loader generator)
             notify("phase", {"what": f"epoch {loop.epoch}/{cfg.epochs}: validating"})
-            val = evaluate(
+            val = accuracy(
                 loop.student,
                 data.split("val"),
                 batch_size=cfg.eval_batch_size,
@@ -808,7 +449,7 @@ def _finish_staged(
     outputs: Outputs, cfg: TrainConfig, d: DistInfo, nets: Networks, data: DataBundle, epochs: int, notify: Callback
 ):
     """Rank 0 after the last epoch: evaluate; with a plan merge, export, compare and measure. Writes result.json."""
-    from dsa.bench import measure
+    from dsa.measure.timing import measure
 
     run_dir = Path(cfg.out)
     dev = d.device
@@ -837,11 +478,12 @@ def _finish_staged(
         summary["accuracy"] = {}
         for s in eval_splits:
             notify("phase", {"what": f"evaluating ({s})"})
-            summary["accuracy"][s] = evaluate(student, data.split(s), **eval_kw).to_json()
+            summary["accuracy"][s] = accuracy(student, data.split(s), **eval_kw).to_json()
         timed = {"original": nets.original}
     else:
-        from dsa.export import save_merged, to_onnx, to_torchscript
-        from dsa.merge import bn_folded_network, conv_count, merge
+        from dsa.checkpoints import save_merged
+        from dsa.export import to_onnx, to_torchscript
+        from dsa.transform.merge import bn_folded_network, conv_count, merge
 
         notify("phase", {"what": "merging"})
         sizes = sorted({cfg.image_size, plan.input_size})
@@ -851,9 +493,9 @@ def _finish_staged(
         acc: dict = {}
         for s in eval_splits:
             notify("phase", {"what": f"evaluating the merge-ready network ({s})"})
-            ready_acc = evaluate(student, data.split(s), **eval_kw)
+            ready_acc = accuracy(student, data.split(s), **eval_kw)
             notify("phase", {"what": f"evaluating the merged network ({s})"})
-            merged_acc = evaluate(merged, data.split(s), **eval_kw)
+            merged_acc = accuracy(merged, data.split(s), **eval_kw)
             acc[s] = {
                 "merged": merged_acc.to_json(),
                 "merge_ready": ready_acc.to_json(),
@@ -934,147 +576,3 @@ def _finish_staged(
         }
     atomic_write_json(outputs.stage(run_dir / RESULT_NAME), summary)
     return summary
-
-
-# ------------------------------------------------------------------------------------------ eval
-
-
-@dataclass
-class LoadedModel:
-    module: nn.Module
-    kind: str  # "train" (plain), "train-merge-ready", "merged" or "state_dict"
-    model: str
-    image_size: int
-    classes: tuple[str, ...] | None
-    plan: Any = None
-
-
-def load_for_eval(
-    checkpoint: str | Path,
-    *,
-    model: str | None = None,
-    plan: str | Path | None = None,
-    num_classes: int | None = None,
-    image_size: int | None = None,
-) -> LoadedModel:
-    """Rebuild a network from a `dsa train` checkpoint (plain or merge-ready), a merged checkpoint
-    (:func:`dsa.export.save_merged`, also with a replaced head) or a plain state_dict (needs ``model``; with
-    ``plan``, it holds the merge-ready network's weights), detected by the checkpoint's ``kind`` field."""
-    from dsa.merge import apply_plan, merge
-    from dsa.plan import load_plan, plan_from_json
-
-    path = Path(checkpoint)
-    ckpt = _read_torch(path, "checkpoint")
-    kind = ckpt.get("kind") if isinstance(ckpt, dict) else None
-    if kind == CHECKPOINT_KIND:
-        ckpt = load_training_checkpoint(path)
-        cfg = ckpt["config"]
-        name = cfg["model"]
-        if model is not None and model != name:
-            raise ModelError(f"{path} was trained as --model {name}, not {model}")
-        p = plan_from_json(ckpt["plan"], str(path)) if ckpt.get("plan") else None
-        if plan is not None:
-            given = load_plan(plan)
-            if p is None or (given.removed, given.added, given.boundaries) != (p.removed, p.added, p.boundaries):
-                raise ModelError(f"{path} was not trained with the plan {plan}; leave out --plan")
-        net = create_model(name)
-        replace_head(net, int(ckpt["num_classes"]))
-        if p is not None:
-            net = apply_plan(net, p)
-        _load_state(net, ckpt["model"], path)
-        return LoadedModel(
-            net.eval(),
-            "train-merge-ready" if p is not None else "train",
-            name,
-            image_size or int(cfg["image_size"]),
-            tuple(ckpt["classes"]),
-            p,
-        )
-    if kind == "dsa.merged":
-        from dsa.export import CHECKPOINT_SCHEMA_VERSION as MERGED_VERSION
-
-        if ckpt.get("schema_version") != MERGED_VERSION:
-            raise ArtifactError(f"{path}: field 'schema_version' is {ckpt.get('schema_version')!r}")
-        p = plan_from_json(ckpt["plan"], str(path))
-        meta = ckpt.get("metadata") or {}
-        name = meta.get("model_name", p.model)
-        if model is not None and model != name:
-            raise ModelError(f"{path} holds a merged {name}, not {model}")
-        net = create_model(name)
-        if meta.get("num_classes"):
-            replace_head(net, int(meta["num_classes"]))
-        merged = merge(net, p)
-        try:
-            merged.load_state_dict(ckpt["state_dict"])
-        except RuntimeError as e:
-            raise ArtifactError(f"{path}: state_dict does not fit the merged {name}: {str(e).splitlines()[0]}") from e
-        classes = tuple(meta["classes"]) if meta.get("classes") else None
-        return LoadedModel(
-            merged.eval(), "merged", name, image_size or int(meta.get("image_size", p.input_size)), classes, p
-        )
-    if model is None:
-        raise ModelError(f"{path} is a plain state_dict; give --model (and --plan if it holds a merge-ready network)")
-    state = _state_of(ckpt, path)
-    net = create_model(model)
-    if num_classes is not None:
-        name, _ = classifier_head(net)
-        if f"{name}.weight" in state and state[f"{name}.weight"].shape[0] == num_classes:
-            replace_head(net, num_classes)
-    p = None
-    if plan is not None:
-        p = load_plan(plan)
-        net = apply_plan(net, p)
-    _load_state(net, state, path)
-    return LoadedModel(net.eval(), "state_dict", model, image_size or input_size(model), None, p)
-
-
-def evaluate_checkpoint(
-    checkpoint: str | Path,
-    data: str,
-    *,
-    model: str | None = None,
-    plan: str | Path | None = None,
-    split: str = "val",
-    image_size: int | None = None,
-    batch_size: int = 64,
-    device: str = "cpu",
-    num_workers: int = 0,
-) -> dict:
-    """Accuracy of a checkpoint on one split of a dataset (see :func:`load_for_eval`)."""
-    if split not in ("train", "val", "test"):
-        raise DataError(f"split must be train, val or test, got {split!r}")
-    if str(data) != "elpv" and not Path(data).is_dir():
-        raise DataError(f"--data {data}: not a known dataset name (elpv) and not an existing directory")
-    dev = _resolve_device(device, 0)
-    classes = dataset_classes(data)  # a plain state_dict may need the head width before any image is read
-    loaded = load_for_eval(checkpoint, model=model, plan=plan, num_classes=len(classes), image_size=image_size)
-    bundle = load_data(data, loaded.image_size)
-    _, head = classifier_head(loaded.module)
-    if head.out_features != bundle.num_classes:
-        raise DataError(
-            f"the network has {head.out_features} outputs but {data} has {bundle.num_classes} classes; "
-            "evaluate on the dataset it was trained on"
-        )
-    if loaded.classes is not None and tuple(loaded.classes) != tuple(bundle.classes):
-        raise DataError(f"the network was trained on classes {list(loaded.classes)}, {data} has {list(bundle.classes)}")
-    acc = evaluate(
-        loaded.module.to(dev),
-        bundle.split(split),
-        batch_size=batch_size,
-        device=dev,
-        num_workers=num_workers,
-        mean=bundle.mean,
-        std=bundle.std,
-        num_classes=bundle.num_classes,
-    )
-    return {
-        "checkpoint": str(checkpoint),
-        "kind": loaded.kind,
-        "model": loaded.model,
-        "plan_removed": len(loaded.plan.removed) if loaded.plan is not None else None,
-        "data": bundle.name,
-        "split": split,
-        "image_size": loaded.image_size,
-        "classes": list(bundle.classes),
-        **acc.to_json(),
-    }

@@ -1,0 +1,107 @@
+"""The importance file (``dsa importance`` writes it, the planner reads it): per-activation and per-block accuracy
+costs, validated on load."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsa.errors import DsaError, PlanError
+from dsa.io import atomic_write_json, read_json
+
+DEFAULT_ACTIVATION_COST = 1.0
+
+
+def _is_cost(v: object) -> bool:
+    """An accuracy cost: a finite number >= 0 (not a bool)."""
+    return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
+
+
+SCHEMA_VERSION = 1
+
+
+METHODS = ("linearity", "removal-kl", "gates", "finetune")
+
+
+@dataclass(frozen=True)
+class Importance:
+    method: str
+    model: str
+    fingerprint: str
+    scores: dict[str, float]  # activation name -> cost of removing it (>= 0)
+    segments: dict[str, float] = field(default_factory=dict)  # block name -> cost of merging it (DS style)
+    metadata: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    default: float = 1.0  # the cost of an activation without a score (the planner's "default")
+
+    def to_json(self) -> dict:
+        return {
+            "schema_version": SCHEMA_VERSION,
+            "kind": "dsa.importance",
+            "method": self.method,
+            "model": self.model,
+            "fingerprint": self.fingerprint,
+            "scores": self.scores,
+            "default": self.default,
+            "segments": self.segments,
+            "metadata": self.metadata,
+            "seconds": self.seconds,
+        }
+
+    def save(self, path: str | Path) -> None:
+        atomic_write_json(path, self.to_json())
+
+
+def read_importance(path: str | Path, error: type[DsaError] = PlanError) -> Importance:
+    """The one reader of importance files. A file `dsa importance` wrote (``kind`` ``dsa.importance``) has its kind,
+    schema version and method checked; a hand-written ``{"scores": {activation: cost}, "default": cost,
+    "segments": {block: cost}}`` (``default`` and ``segments`` optional) is accepted as it is. Every cost is a
+    finite number >= 0."""
+    d = read_json(path, "importance", error)
+    if not isinstance(d, dict) or not isinstance(d.get("scores"), dict):
+        raise error(f'importance {path}: expected an object {{"scores": {{activation name: cost}}}}')
+    if "kind" in d or "schema_version" in d:
+        if d.get("kind") != "dsa.importance":
+            raise error(f"importance {path}: field 'kind' must be 'dsa.importance'")
+        if d.get("schema_version") != SCHEMA_VERSION or isinstance(d.get("schema_version"), bool):
+            raise error(f"importance {path}: field 'schema_version' is {d.get('schema_version')!r}")
+        if d.get("method") not in METHODS:
+            raise error(f"importance {path}: field 'method' is {d.get('method')!r}; one of {', '.join(METHODS)}")
+    default = d.get("default", DEFAULT_ACTIVATION_COST)
+    for name, v in [*d["scores"].items(), ("default", default)]:
+        if not _is_cost(v):
+            raise error(f"importance {path}: the cost of {name!r} must be a finite number >= 0, got {v!r}")
+    segments = d.get("segments", {})
+    if not isinstance(segments, dict):
+        raise error(f'importance {path}: "segments" must map block names to costs')
+    for name, v in segments.items():
+        if not _is_cost(v):
+            raise error(f"importance {path}: the cost of block {name!r} must be a finite number >= 0, got {v!r}")
+    return Importance(
+        str(d.get("method", "user")),
+        str(d.get("model", "")),
+        str(d.get("fingerprint", "")),
+        {k: float(v) for k, v in d["scores"].items()},
+        {k: float(v) for k, v in segments.items()},
+        dict(d.get("metadata", {})),
+        float(d.get("seconds", 0.0)),
+        float(default),
+    )
+
+
+def load_importance_file(path: str | Path) -> Importance:
+    """:func:`read_importance`, with errors as :class:`DsaError` (not about a plan)."""
+    return read_importance(path, DsaError)
+
+
+def load_importance(path: str | Path) -> tuple[dict[str, float], float]:
+    """(scores, default cost) of an importance file, for the planner (:func:`read_importance`)."""
+    imp = read_importance(path)
+    return imp.scores, imp.default
+
+
+def load_block_importance(path: str | Path) -> dict[str, float]:
+    """The whole-block costs of an importance file (``"segments"``), or {} when it has none (block-granular
+    planning, see :class:`~dsa.planner.planner.Planner`)."""
+    return read_importance(path).segments

@@ -1,0 +1,134 @@
+"""Cost models: the time of one op, one merged segment and one added activation, from the roofline model or from a
+measured profile. The planner and ``dsa evaluate`` price plans through the same :class:`CostModel`."""
+
+from __future__ import annotations
+
+import math
+from typing import Protocol
+
+import roofline as rl
+from dsa.ir import Analysis, Op, Segment, signature_of
+from dsa.latency.ops import CostedOp, added_act, dtype_bytes, op_spec, planned_ops, segment_conv_spec
+
+Priced = tuple[rl.OpTime, str]  # the time, and where it comes from: "roofline" or "measured"
+
+
+class CostModel(Protocol):
+    """Prices the kernels of a network as it will run (at a fixed device, batch and precision). The planner's
+    candidate edges and ``dsa evaluate`` both go through :meth:`price`, so the two cannot disagree."""
+
+    device: rl.DeviceSpec
+    batch: int
+    precision: str
+
+    @property
+    def source(self) -> str:
+        """What the times come from, for reports (e.g. "roofline (calibrated)")."""
+
+    def price(self, item: CostedOp) -> Priced:
+        """The time of one kernel: an op of the original network, a merged segment or an added activation."""
+
+    def op_ms(self, op: Op) -> float:
+        """An op of the original network run as it is (0 for ops that launch no kernel)."""
+
+    def segment_ms(self, seg: Segment) -> float:
+        """The conv a segment merges into."""
+
+    def added_act_ms(self, after: Op, seg: Segment | None) -> float:
+        """An activation added after ``after`` (``seg``: the segment that ends there, if any)."""
+
+
+def _measured(item: CostedOp, ms: float) -> rl.OpTime:
+    return rl.OpTime(item.spec.name, item.spec.op_class.value, "measured", 0.0, 0.0, 0.0, ms, "measured")
+
+
+class RooflineCosts:
+    """Times from the roofline model (:func:`roofline.predict_op`) on ``device``, with its calibration when it
+    was calibrated at ``precision`` (or the given ``calibration``)."""
+
+    def __init__(
+        self,
+        analysis: Analysis,
+        device: str | rl.DeviceSpec,
+        batch: int = 128,
+        precision: str = "fp32",
+        calibration: rl.Calibration | None = None,
+    ) -> None:
+        self.analysis = analysis
+        self.device = device if isinstance(device, rl.DeviceSpec) else rl.load_device(device)
+        self.batch = batch
+        self.precision = precision
+        self.nbytes = dtype_bytes(precision)
+        cal = self.device.calibration
+        if calibration is None and cal is not None and cal.precision == precision:
+            calibration = cal
+        self.calibration = calibration
+        self._op_cache: dict[str, float] = {}
+
+    @property
+    def source(self) -> str:
+        return f"roofline ({'calibrated' if self.calibration else 'datasheet, uncalibrated'})"
+
+    def price(self, item: CostedOp) -> Priced:
+        return rl.predict_op(item.spec, self.device, self.precision, self.calibration), "roofline"
+
+    def _ms(self, item: CostedOp) -> float:
+        return self.price(item)[0].total_ms
+
+    def op_ms(self, op: Op) -> float:
+        if op.id not in self._op_cache:
+            spec = op_spec(self.analysis, op, self.batch, self.nbytes)
+            self._op_cache[op.id] = 0.0 if spec is None else self._ms(CostedOp(spec, op.block, None, "op", op))
+        return self._op_cache[op.id]
+
+    def segment_ms(self, seg: Segment) -> float:
+        return self._ms(
+            CostedOp(segment_conv_spec(seg, self.batch, self.nbytes), seg.blocks[0], None, "segment", None, seg)
+        )
+
+    def added_act_ms(self, after: Op, seg: Segment | None) -> float:
+        return self._ms(added_act(after, seg, self.batch, self.nbytes))
+
+
+class ProfileCosts(RooflineCosts):
+    """Measured times of a :class:`~dsa.formats.profile.Profile` where it has them, else its (calibrated)
+    roofline: an op by name, a merged segment by its shape signature, a one-conv segment by its conv, an added
+    activation by the measured activation after the segment it follows. The profile must fit the analysis
+    (:meth:`~dsa.formats.profile.Profile.check_for`)."""
+
+    def __init__(self, analysis: Analysis, profile, batch: int | None = None, precision: str | None = None) -> None:
+        profile.check_for(analysis, batch, precision, allow_incomplete=True)
+        super().__init__(analysis, profile.device(), profile.batch_size, profile.precision)
+        self.profile = profile
+
+    @property
+    def source(self) -> str:
+        return f"profile of {self.profile.device_name} ({self.profile.layout}) + {super().source}"
+
+    def _entry(self, seg: Segment | None):
+        return self.profile.segments.get(signature_of(seg)) if seg is not None and seg.merged else None
+
+    def measured(self, item: CostedOp):
+        """The profile's :class:`~dsa.formats.profile.Stat` for ``item``, or None."""
+        if item.kind == "segment":
+            entry = self._entry(item.seg)
+            if entry is not None:
+                return entry["conv"]
+            return None if item.seg.merged else self.profile.ops.get(item.seg.convs[0])
+        if item.kind == "act":
+            entry = self._entry(item.seg)
+            return entry.get("act") if entry is not None else None
+        return self.profile.ops.get(item.op.name) if item.op is not None else None
+
+    def price(self, item: CostedOp) -> Priced:
+        stat = self.measured(item)
+        if stat is None:
+            return super().price(item)
+        return _measured(item, stat.median_ms), "measured"
+
+
+def plan_ms(analysis: Analysis, plan, costs: CostModel) -> float:
+    """Predicted latency of any plan under ``costs``: its kernels (:func:`~dsa.latency.ops.planned_ops`), each
+    priced by the cost model, as :func:`dsa.latency.evaluate.evaluate` does."""
+    _, planned, _ = planned_ops(analysis, plan, costs.batch, costs.precision)
+    return math.fsum(costs.price(c)[0].total_ms for c in planned)
