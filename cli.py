@@ -220,6 +220,18 @@ def _model_and_analysis(model: str, pretrained: bool, checkpoint: Path | None, i
     return net, analyze(net, model, default_size(model) if input_size is None else input_size, strict_size=True)
 
 
+def _analysis(model: str, pretrained: bool, checkpoint: Path | None, input_size: int | None = None):
+    """The analysis alone (what pricing and planning need): from the analysis cache (dsa.cache) when it has it,
+    so that torch is not imported; with --pretrained the model is built (its weights are checked to exist)."""
+    if pretrained:
+        return _model_and_analysis(model, pretrained, checkpoint, input_size)[1]
+    from dsa.cache import cached_analysis
+
+    return cached_analysis(
+        model, input_size, checkpoint, lambda: _model_and_analysis(model, False, checkpoint, input_size)[1]
+    )
+
+
 def _plan_and_model(plan_path: Path, model: str | None):
     """Load a plan; the model is the plan's unless ``--model`` names one (the plan's fingerprint then decides
     whether it fits: the same network may go by another name)."""
@@ -444,25 +456,16 @@ def plan_cmd(
         scores, default_cost = load_importance(importance) if importance is not None else (None, 1.0)
         # block granularity: whole-block scores (dsa importance's "segments") where the file has them
         blocks_cost = load_block_importance(importance) if importance is not None and block else None
-        prof = None
-        if profile is not None:
-            from dsa.formats.profile import load_profile
-
-            prof = load_profile(profile)
-            input_size = input_size or prof.input_size
-        _, a = _model_and_analysis(model, pretrained, checkpoint, input_size)
+        prof = _load_profile(profile)
         if prof is not None:
-            prof.check_for(a, batch_size, prec, allow_incomplete=allow_incomplete, path=profile)
-            _incomplete_warning(prof, profile)
-            batch_size, prec = prof.batch_size, prof.precision
-        batch_size, prec = batch_size or 128, prec or "fp32"
-        if prof is None:
-            prof = _find_profile(_gpu(gpu), a, batch_size, prec, allow_incomplete)
+            input_size = input_size or prof.input_size
+        a = _analysis(model, pretrained, checkpoint, input_size)
+        pricing = _pricing(a, gpu, prof, profile, batch_size, prec, allow_incomplete)
         planner = Planner(
             a,
-            _gpu(gpu),
-            batch_size,
-            prec,
+            pricing.device,
+            pricing.batch,
+            pricing.precision,
             importance=scores,
             default_cost=default_cost,
             block_importance=blocks_cost,
@@ -470,7 +473,7 @@ def plan_cmd(
             remove=remove or (),
             granularity=granularity.value if granularity else "activation",
             max_kernel=max_kernel,
-            profile=prof,
+            profile=pricing.profile,
         )
         if max_accuracy_cost is not None:
             result = planner.fastest(max_accuracy_cost)
@@ -483,7 +486,7 @@ def plan_cmd(
         _print_plan_result(result, out_path)
         return
 
-    _, a = _model_and_analysis(model, pretrained, checkpoint, input_size)
+    a = _analysis(model, pretrained, checkpoint, input_size)
     if remove_all:
         p = remove_all_plan(a)
     else:
@@ -510,9 +513,9 @@ def plan_cmd(
     if gpu is not None:
         from dsa.latency.evaluate import evaluate
 
-        batch_size, prec = batch_size or 128, prec or "fp32"
-        found = _find_profile(gpu, a, batch_size, prec, allow_incomplete)
-        prediction = evaluate(a, p, gpu, batch_size, prec, profile=found).prediction()
+        pricing = _pricing(a, gpu, None, None, batch_size, prec, allow_incomplete)
+        prediction = evaluate(a, p, pricing.device, pricing.batch, pricing.precision, profile=pricing.profile)
+        prediction = prediction.prediction()
         p = p.with_metadata(prediction=prediction)
     p.save(out_path)
     if fmt == Format.json:
@@ -526,12 +529,30 @@ def plan_cmd(
         out.print(_prediction_line(prediction))
 
 
-def _incomplete_warning(prof, path) -> None:
-    if not prof.complete:
-        _warn(
-            f"the profile {path} is incomplete (its measurement was interrupted: {len(prof.ops)} ops and "
-            f"{len(prof.segments)} segments measured); what it lacks is predicted by the roofline"
-        )
+def _load_profile(path: Path | None):
+    from dsa.formats.profile import load_profile
+
+    return load_profile(path) if path is not None else None
+
+
+def _pricing(a, gpu, prof, prof_path, batch_size, precision, allow_incomplete):
+    """The device, batch, precision and profile that price ``a`` (dsa.latency.resolve); says what it chose."""
+    from dsa.latency.resolve import resolve
+
+    pricing = resolve(
+        a,
+        gpu=_gpu(gpu),
+        profile=prof,
+        profile_path=prof_path or "",
+        batch=batch_size,
+        precision=precision,
+        allow_incomplete=allow_incomplete,
+    )
+    for note in pricing.notes:
+        err.print(note, markup=False)
+    for warning in pricing.warnings:
+        _warn(warning)
+    return pricing
 
 
 def _bn_folded_note(bn_speedup: float | None, over: float | None) -> str:
@@ -642,7 +663,7 @@ def pareto_cmd(
     precision = precision.value
     scores, default_cost = load_importance(importance) if importance is not None else (None, 1.0)
     blocks_cost = load_block_importance(importance) if importance is not None else None
-    _, a = _model_and_analysis(model, pretrained, checkpoint, input_size)
+    a = _analysis(model, pretrained, checkpoint, input_size)
     planners = [
         Planner(
             a,
@@ -927,60 +948,20 @@ def _evaluation(
 ):
     """Price a plan (or BN folding alone) on ``--gpu``, or on ``--profile``'s device with its measured times."""
     from dsa.formats.plan import bn_folded_plan
-    from dsa.formats.profile import load_profile
     from dsa.latency.evaluate import evaluate
 
     _refuse_together(**{"--gpu": gpu, "--profile": profile})
-    prof = load_profile(profile) if profile is not None else None
+    prof = _load_profile(profile)
     if plan is not None:
         p, model = _plan_and_model(plan, model)
-        _, a = _model_and_analysis(model, pretrained, checkpoint, p.input_size)
+        a = _analysis(model, pretrained, checkpoint, p.input_size)
         p.check(a)
     else:
         model = model or DEFAULT_MODEL
-        _, a = _model_and_analysis(model, pretrained, checkpoint, input_size or (prof.input_size if prof else None))
+        a = _analysis(model, pretrained, checkpoint, input_size or (prof.input_size if prof else None))
         p = bn_folded_plan(a)
-    if prof is not None:
-        prof.check_for(a, batch_size, precision, allow_incomplete=allow_incomplete, path=profile)
-        _incomplete_warning(prof, profile)
-        batch_size, precision = prof.batch_size, prof.precision
-    else:
-        batch_size, precision = batch_size or 128, precision or "fp32"
-        prof = _find_profile(_gpu(gpu), a, batch_size, precision, allow_incomplete)
-    return model, evaluate(a, p, _gpu(gpu), batch_size, precision, profile=prof)
-
-
-def _find_profile(gpu: str, a, batch_size: int, precision: str, allow_incomplete: bool = False):
-    """A profile under profiles/<device>/ matching the model, input size, batch and precision, if there is one
-    (said on stderr when used)."""
-    import roofline as rl
-    from dsa.formats.profile import find_profile
-
-    try:
-        device = rl.load_device(gpu).name
-    except rl.RooflineError:
-        if not (Path("profiles") / gpu).is_dir():
-            raise
-        device = gpu  # a measured device (e.g. local-cpu) known only through its profiles
-    found = find_profile(
-        "profiles",
-        device,
-        a.fingerprint,
-        batch_size,
-        precision,
-        input_size=a.input_size,
-        allow_incomplete=allow_incomplete,
-    )
-    if found is None:
-        if device == gpu and not Path(gpu).exists() and gpu not in {d.name for d in rl.list_devices()}:
-            raise rl.RooflineError(
-                f"no profile under profiles/{gpu}/ matches {a.model_name} at {a.input_size} px, batch {batch_size}, "
-                f"{precision}; run `dsa profile` or pass --profile"
-            )
-        return None
-    err.print(f"using the measured profile {found[1]}", markup=False)
-    _incomplete_warning(*found)
-    return found[0]
+    pricing = _pricing(a, gpu, prof, profile, batch_size, precision, allow_incomplete)
+    return model, evaluate(a, p, pricing.device, pricing.batch, pricing.precision, profile=pricing.profile)
 
 
 @app.command("evaluate")
@@ -1259,9 +1240,12 @@ def _profile_and_analysis(profile: Path, model, pretrained, checkpoint, allow_in
     from dsa.formats.profile import load_profile
 
     prof = load_profile(profile)
-    _, a = _model_and_analysis(model or prof.model, pretrained, checkpoint, prof.input_size)
+    a = _analysis(model or prof.model, pretrained, checkpoint, prof.input_size)
     prof.check_for(a, allow_incomplete=allow_incomplete, path=profile)
-    _incomplete_warning(prof, profile)
+    from dsa.latency.resolve import incomplete_note
+
+    for warning in incomplete_note(prof, profile):
+        _warn(warning)
     return a, prof
 
 
@@ -1739,36 +1723,9 @@ def importance_cmd(
 
 
 def _activation_savings(a, gpu: str | None, profile: Path | None) -> dict[str, float]:
-    """Predicted ms saved per removed activation: on the profile's calibrated device (with its measured times
-    when it was taken of this network at this size), else on ``gpu``'s roofline at batch 128, fp32. A ``gpu``
-    known only through its profiles (``local-cpu``) uses one of them: a matching one if there is one."""
-    import roofline as rl
-    from dsa.formats.profile import device_profiles, load_profile
-    from dsa.latency.evaluate import activation_savings
+    from dsa.latency.resolve import savings
 
-    if profile is None:
-        gpu = _gpu(gpu)
-        try:
-            return activation_savings(a, rl.load_device(gpu), 128, "fp32")
-        except rl.RooflineError:
-            profs = [q for q, _ in device_profiles("profiles", gpu) if q.complete]
-            if not profs:
-                raise
-            same = [q for q in profs if q.matches(a.fingerprint, q.batch_size, q.precision, a.input_size)]
-            return _savings_on(a, (same or profs)[0])
-    return _savings_on(a, load_profile(profile))
-
-
-def _savings_on(a, prof) -> dict[str, float]:
-    from dsa.errors import ArtifactError
-    from dsa.latency.evaluate import activation_savings
-
-    if not prof.complete:
-        raise ArtifactError(
-            "the profile's field 'complete' is false (its measurement was interrupted); profile again, or give --gpu"
-        )
-    same = prof.matches(a.fingerprint, prof.batch_size, prof.precision, a.input_size)
-    return activation_savings(a, prof.device(), prof.batch_size, prof.precision, profile=prof if same else None)
+    return savings(a, gpu=_gpu(gpu) if profile is None else None, profile=_load_profile(profile))
 
 
 def main() -> None:  # pragma: no cover

@@ -16,3 +16,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _analysis_cache(tmp_path_factory):
+    """The analysis cache (dsa.cache) of the test session lives in a temp folder, never in ~/.cache."""
+    import os
+
+    old = os.environ.get("DSA_CACHE_DIR")
+    os.environ["DSA_CACHE_DIR"] = str(tmp_path_factory.mktemp("dsa-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DSA_CACHE_DIR", None)
+    else:
+        os.environ["DSA_CACHE_DIR"] = old

@@ -13,7 +13,7 @@ from dsa.io import atomic_write_json, read_json
 DEFAULT_ACTIVATION_COST = 1.0
 
 
-def _is_cost(v: object) -> bool:
+def is_cost(v: object) -> bool:
     """An accuracy cost: a finite number >= 0 (not a bool)."""
     return not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and v >= 0
 
@@ -70,13 +70,13 @@ def read_importance(path: str | Path, error: type[DsaError] = PlanError) -> Impo
             raise error(f"importance {path}: field 'method' is {d.get('method')!r}; one of {', '.join(METHODS)}")
     default = d.get("default", DEFAULT_ACTIVATION_COST)
     for name, v in [*d["scores"].items(), ("default", default)]:
-        if not _is_cost(v):
+        if not is_cost(v):
             raise error(f"importance {path}: the cost of {name!r} must be a finite number >= 0, got {v!r}")
     segments = d.get("segments", {})
     if not isinstance(segments, dict):
         raise error(f'importance {path}: "segments" must map block names to costs')
     for name, v in segments.items():
-        if not _is_cost(v):
+        if not is_cost(v):
             raise error(f"importance {path}: the cost of block {name!r} must be a finite number >= 0, got {v!r}")
     return Importance(
         str(d.get("method", "user")),

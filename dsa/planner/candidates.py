@@ -21,16 +21,16 @@ from ``J_0`` to ``J_m``:
 
 Every op of a run is paid for by exactly one edge of any path; everything outside the runs (kept-for-good
 activations, pooling, the classifier, adds with projection shortcuts, ...) is a fixed time. So the planned
-latency of a plan is ``fixed_ms + sum of its edges' time_ms``, exactly what :func:`dsa.costs.evaluate` predicts
-for the plan (checked in tests).
+latency of a plan is ``fixed_ms + sum of its edges' time_ms``, exactly what
+:func:`~dsa.latency.evaluate.evaluate` predicts for the plan (checked in tests).
 
 ``granularity="block"`` (DepthShrinker's per-block decisions) uses the same DAG with: no edge across the
 output of a middle block (each kept block is cut after its output, each removed one gets a ReLU6 there), and
-each edge into that junction duplicated with the added ReLU6 (``added_after``); :mod:`dsa.planner` ties the
+each edge into that junction duplicated with the added ReLU6 (``added_after``); :mod:`dsa.planner.planner` ties the
 activations of a block together.
 
-Times come from a :class:`CostModel`: :class:`RooflineCosts` (the roofline of :mod:`dsa.costs`) or
-:class:`ProfileCosts` (measured times of a :class:`dsa.profile.Profile` where it has them).
+Times come from a :class:`CostModel`: :class:`~dsa.latency.costs.RooflineCosts` (the roofline) or
+:class:`~dsa.latency.costs.ProfileCosts` (measured times of a profile where it has them).
 """
 
 from __future__ import annotations

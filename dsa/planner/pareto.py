@@ -1,4 +1,4 @@
-"""The predicted speed-up vs accuracy-cost frontier of a network (``dsa pareto``; the figure is :mod:`dsa.planner.plot`).
+"""The predicted speed-up vs accuracy-cost frontier of a network (``dsa pareto``; its figure: :mod:`.plot`).
 
 For each granularity, the fastest plan at ``points`` accuracy-cost budgets (:func:`pareto_points`);
 for MobileNetV2-shaped networks (19 keep-list entries) DepthShrinker's patterns A-F are placed on the same axes

@@ -1,6 +1,6 @@
 """The planner: the best activation-removal plan for a latency target, exactly, with an integer program.
 
-Formulation (details in docs/planner.md). :mod:`dsa.candidates` turns the network into one DAG per linear run,
+Formulation (details in docs/planner.md). :mod:`dsa.planner.candidates` turns the network into one DAG per linear run,
 whose start-to-end paths are exactly the valid plans of that run; each edge has a predicted time and removes
 some activations. With one binary ``x_e`` per edge::
 
@@ -29,11 +29,11 @@ from typing import Any
 
 import roofline as rl
 from dsa.errors import InternalError, PlanError
-from dsa.formats.importance import DEFAULT_ACTIVATION_COST, _is_cost
+from dsa.formats.importance import DEFAULT_ACTIVATION_COST, is_cost
 from dsa.formats.plan import AddedActivation, Plan, act_list_of, bn_folded_plan, make_plan, plan_from_act_list
 from dsa.ir import Analysis
-from dsa.latency.costs import CostModel, ProfileCosts, RooflineCosts, plan_ms
-from dsa.latency.evaluate import prediction_record
+from dsa.latency.costs import CostModel, plan_ms
+from dsa.latency.evaluate import cost_model, prediction_record
 from dsa.planner.candidates import GRANULARITIES, KEEP, Candidates, Edge, build_candidates
 from dsa.planner.solver import BUDGET_RTOL, SOLVER, PathProblem, Solution, Tie, solve_milp
 from dsa.vocab import DEFAULT_DEVICE
@@ -154,15 +154,11 @@ class Planner:
         self.granularity = granularity
         self.max_kernel = max_kernel
         if costs is None:
-            costs = (
-                ProfileCosts(analysis, profile, batch, precision)
-                if profile is not None
-                else RooflineCosts(analysis, device, batch, precision)
-            )
+            costs = cost_model(analysis, device, batch, precision, profile)
         self.costs = costs
-        self.device = getattr(getattr(costs, "device", None), "name", str(device))
-        self.batch = getattr(costs, "batch", batch)
-        self.precision = getattr(costs, "precision", precision)
+        self.device = costs.device.name
+        self.batch = costs.batch
+        self.precision = costs.precision
         self.importance = dict(importance) if importance else None
         self.accuracy_proxy = _cost_label(importance, default_cost)
         self.act_cost = self._act_costs(importance, default_cost)
@@ -182,7 +178,7 @@ class Planner:
                 raise PlanError(
                     f"importance: {name!r} is not an activation of {self.analysis.model_name} (see `dsa analyze`)"
                 )
-            if not _is_cost(v):
+            if not is_cost(v):
                 raise PlanError(f"importance: the cost of {name!r} must be a finite number >= 0, got {v!r}")
             if name in costs:
                 costs[name] = float(v)
@@ -197,7 +193,7 @@ class Planner:
         for block, v in block_importance.items():
             if block not in a.blocks():
                 raise PlanError(f"importance: {block!r} is not a block of {a.model_name} (see `dsa analyze`)")
-            if not _is_cost(v):
+            if not is_cost(v):
                 raise PlanError(f"importance: the cost of block {block!r} must be a finite number >= 0, got {v!r}")
             members = [s.name for s in a.activations if s.block == block and s.removable]
             for name in members:

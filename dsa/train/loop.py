@@ -8,7 +8,7 @@
   (1 - kd_weight) * CE``; at the end it is merged (:func:`dsa.merge` verifies the merge), exported (merged
   checkpoint, TorchScript, ONNX), the merged and merge-ready networks are evaluated on the same data (their
   accuracies must agree; both are recorded) and images/s of the original and merged networks are measured in
-  one interleaved run (:func:`dsa.bench.measure`).
+  one interleaved run (:func:`dsa.measure.timing.measure`).
 
 If the dataset has another number of classes than the model, the classifier (timm ``reset_classifier``, else the
 last ``nn.Linear``) is replaced before the plan is applied. That changes the model's fingerprint (it covers the

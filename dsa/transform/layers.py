@@ -7,8 +7,6 @@ Both layers are TorchScript-compatible (so no ``from __future__ import annotatio
 ``nn.Conv2d`` 's state_dict keys.
 """
 
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
 from torch import nn

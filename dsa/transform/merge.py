@@ -516,6 +516,6 @@ def conv_count(model: nn.Module) -> int:
 
 def bn_folded_network(model: nn.Module, name: str, input_size: int) -> fx.GraphModule:
     """A float32 CPU copy of ``model`` with every BN folded into its conv and nothing else changed (the plan that
-    removes nothing, :func:`dsa.plan.bn_folded_plan`): the baseline a merged network's speed-up must beat."""
+    removes nothing, :func:`dsa.formats.plan.bn_folded_plan`): the baseline a merged network's speed-up must beat."""
     net = copy.deepcopy(model).float().cpu().eval()
     return merge(net, bn_folded_plan(analyze(net, name, input_size)))
