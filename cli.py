@@ -730,15 +730,14 @@ def merge_cmd(
     nothing: no existing file is replaced unless every one was written and checked."""
     import torch
 
-    from dsa.checkpoints import save_merged
-    from dsa.export import to_onnx, to_torchscript
+    from dsa.export import export_merged, torchscript_path_for
     from dsa.io import Outputs
     from dsa.networks import is_training_checkpoint, merge_training_checkpoint
-    from dsa.transform.merge import conv_count, merge
+    from dsa.transform.merge import conv_count, merge, merge_record
 
     inputs = {"--plan": plan, "--checkpoint": checkpoint}
     _check_out(out_path, "--out", **inputs)
-    ts_path = out_path.with_name(out_path.stem + ".torchscript.pt")
+    ts_path = torchscript_path_for(out_path)
     _check_out(ts_path, "TorchScript output (beside --out)", **inputs)
     if onnx is not None:
         _check_out(onnx, "--onnx", **inputs, **{"--out": out_path, "the TorchScript output": ts_path})
@@ -754,31 +753,32 @@ def merge_cmd(
         _random_weights_warning(pretrained, checkpoint, "the merged network is exact but its outputs mean nothing")
     example = torch.randn(1, 3, p.input_size, p.input_size)
     with Outputs() as outs:
-        save_merged(merged, p, outs.stage(out_path), verified_max_rel_error=merged.dsa_merge_error, **meta)
-        how = to_torchscript(merged, example, outs.stage(ts_path), p)
-        onnx_err = to_onnx(merged, example, outs.stage(onnx)) if onnx else None
+        exported = export_merged(merged, p, outs, out_path, example=example, onnx=onnx, **meta)
+    record = merge_record(merged)
     result = {
         "model": p.model,
         "convs_before": conv_count(net),
         "convs_after": conv_count(merged),
-        "verified_max_rel_error_fp64": merged.dsa_merge_error,
-        "verified_max_rel_error_model_dtype": merged.dsa_merge_error_model_dtype,
+        "verified_max_rel_error_fp64": record.max_rel_error,
+        "verified_max_rel_error_model_dtype": record.max_rel_error_model_dtype,
         "checkpoint": str(out_path),
         "torchscript": str(ts_path),
-        "torchscript_mode": how,
+        "torchscript_mode": exported.torchscript_mode,
         "onnx": str(onnx) if onnx else None,
-        "onnxruntime_max_rel_error": onnx_err,
+        "onnxruntime_max_rel_error": exported.onnxruntime_max_rel_error,
     }
     if fmt == Format.json:
         _emit_json(result)
         return
     out.print(
         f"merged {p.model}: {result['convs_before']} -> {result['convs_after']} convs; verified max relative "
-        f"error {merged.dsa_merge_error:.2e} (float64), {merged.dsa_merge_error_model_dtype:.2e} (model dtype)"
+        f"error {record.max_rel_error:.2e} (float64), {record.max_rel_error_model_dtype:.2e} (model dtype)"
     )
-    out.print(f"wrote {out_path} and {ts_path} (TorchScript, {how})")
+    out.print(f"wrote {out_path} and {ts_path} (TorchScript, {exported.torchscript_mode})")
     if onnx:
-        out.print(f"wrote {onnx} (onnx.checker ok; onnxruntime max relative error {onnx_err:.2e})")
+        out.print(
+            f"wrote {onnx} (onnx.checker ok; onnxruntime max relative error {exported.onnxruntime_max_rel_error:.2e})"
+        )
 
 
 @app.command("bench")

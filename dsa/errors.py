@@ -30,8 +30,13 @@ class ArtifactError(DsaError):
     """A saved artifact (plan, profile, checkpoint, device file) is corrupted or of an unknown version."""
 
 
-class PlanError(ArtifactError):
-    """A plan is malformed, for another model, or names unknown activations."""
+class PlanError(DsaError):
+    """A plan cannot be made or does not fit: an unreachable target, contradicting planner options, a plan for
+    another model or naming unknown activations."""
+
+
+class PlanFileError(PlanError, ArtifactError):
+    """A plan file is malformed or of an unknown version (a :class:`PlanError` and an :class:`ArtifactError`)."""
 
 
 class OutputError(ArtifactError):

@@ -1,17 +1,21 @@
-"""Saving merged networks: a checkpoint (plan + state_dict), TorchScript, and ONNX checked in onnxruntime."""
+"""Exporting merged networks: the merged checkpoint, TorchScript, and ONNX checked in onnxruntime -- one
+function, :func:`export_merged`, for ``dsa merge`` and ``dsa train``."""
 
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from dsa.errors import ExportError
 from dsa.formats.plan import Plan
-from dsa.io import atomic_write_bytes
+from dsa.io import Outputs, atomic_write_bytes
 
 
 def to_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path, plan: Plan | None = None) -> str:
@@ -74,3 +78,73 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: in
         raise ExportError(f"onnxruntime output differs from the model by relative error {err:.3g}")
     atomic_write_bytes(path, data)
     return err
+
+
+def torchscript_path_for(checkpoint: str | Path) -> Path:
+    """Where the TorchScript file of a merged checkpoint goes: beside it, as ``<name>.torchscript.pt``."""
+    checkpoint = Path(checkpoint)
+    return checkpoint.with_name(checkpoint.stem + ".torchscript.pt")
+
+
+@dataclass(frozen=True)
+class Exported:
+    """What :func:`export_merged` wrote and checked."""
+
+    checkpoint: Path
+    torchscript: Path
+    torchscript_mode: str  # "script" or "trace"
+    onnx: Path | None = None
+    onnxruntime_max_rel_error: float | None = None
+    onnx_error: str | None = None  # with ``onnx_failure="record"``: why ONNX could not be exported
+
+    def to_json(self) -> dict:
+        d: dict = {"checkpoint": str(self.checkpoint), "torchscript": str(self.torchscript)}
+        d["torchscript_mode"] = self.torchscript_mode
+        if self.onnx is not None:
+            d["onnxruntime_max_rel_error"] = self.onnxruntime_max_rel_error
+            d["onnx"] = str(self.onnx)
+        if self.onnx_error is not None:
+            d["onnx_error"] = self.onnx_error
+        return d
+
+
+def export_merged(
+    merged: nn.Module,
+    plan: Plan,
+    outputs: Outputs,
+    checkpoint: str | Path,
+    *,
+    example: torch.Tensor,
+    onnx: str | Path | None = None,
+    onnx_failure: str = "raise",
+    notify: Callable[[str], None] | None = None,
+    **metadata: Any,
+) -> Exported:
+    """The one export of a merged network (``dsa merge`` and ``dsa train``): the merged checkpoint (plan,
+    state_dict, the verified error of :func:`~dsa.transform.merge.merge`, ``metadata``), TorchScript beside it
+    (checked against the network) and optionally ONNX (checked with onnx.checker and onnxruntime), all staged in
+    ``outputs`` (renamed only when everything was written). With ``onnx_failure="record"`` an ONNX export that
+    fails is reported in the result instead of raised. ``notify`` hears each step's name."""
+    from dsa.checkpoints import save_merged
+    from dsa.transform.merge import merge_record
+
+    say = notify or (lambda _what: None)
+    record = merge_record(merged)
+    if record is None:
+        raise ExportError("export_merged takes a network dsa.merge returned (it carries its verified error)")
+    checkpoint = Path(checkpoint)
+    ts_path = torchscript_path_for(checkpoint)
+    say(f"exporting {checkpoint.name}")
+    save_merged(merged, plan, outputs.stage(checkpoint), verified_max_rel_error=record.max_rel_error, **metadata)
+    say("exporting TorchScript")
+    how = to_torchscript(merged, example, outputs.stage(ts_path), plan)
+    if onnx is None:
+        return Exported(checkpoint, ts_path, how)
+    say("exporting ONNX (checked in onnxruntime)")
+    try:
+        err = to_onnx(merged, example, outputs.stage(onnx))
+    except ExportError as e:
+        if onnx_failure != "record":
+            raise
+        return Exported(checkpoint, ts_path, how, onnx_error=str(e))
+    return Exported(checkpoint, ts_path, how, Path(onnx), err)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from dsa import load_plan
-from dsa.errors import PlanError
+from dsa.errors import ArtifactError, PlanError, PlanFileError
 from dsa.formats.importance import load_importance
 from dsa.formats.plan import ds_pattern_act_list, plan_from_act_list
 from dsa.graph import analyze
@@ -159,8 +159,16 @@ def test_plan_for_target_meets_it_and_agrees_with_evaluate(tiny) -> None:
 
 def test_unreachable_target_says_the_best_achievable(tiny) -> None:
     best = fastest_plan(tiny, "v100", 32)
-    with pytest.raises(PlanError, match=f"best achievable is {best.planned_throughput:.0f} img/s"):
+    with pytest.raises(PlanError, match=f"best achievable is {best.planned_throughput:.0f} img/s") as e:
         plan_for_target(tiny, "v100", 32, target_throughput=2 * best.planned_throughput)
+    assert not isinstance(e.value, ArtifactError)  # nothing is wrong with a file
+
+
+def test_a_malformed_plan_file_is_a_plan_error_and_an_artifact_error(tmp_path) -> None:
+    (tmp_path / "p.json").write_text('{"schema_version": 1, "kind": "dsa.plan"}')
+    with pytest.raises(PlanFileError, match="field '[a-z_]+' is missing") as e:
+        load_plan(tmp_path / "p.json")
+    assert isinstance(e.value, PlanError) and isinstance(e.value, ArtifactError)
 
 
 def test_keep_and_remove_are_honoured(tiny) -> None:

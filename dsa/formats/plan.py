@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from dsa.errors import PlanError
+from dsa.errors import PlanError, PlanFileError
 from dsa.io import atomic_write_json, read_json
 from dsa.ir import Analysis, Kind
 
@@ -133,18 +133,18 @@ class Plan:
 
 def _field(d: dict, key: str, types: type | tuple[type, ...], path: str) -> Any:
     if key not in d:
-        raise PlanError(f"plan {path}: field {key!r} is missing")
+        raise PlanFileError(f"plan {path}: field {key!r} is missing")
     v = d[key]
     if not isinstance(v, types) or (isinstance(v, bool) and types is int):
         tname = types.__name__ if isinstance(types, type) else "/".join(t.__name__ for t in types)
-        raise PlanError(f"plan {path}: field {key!r} must be {tname}, got {type(v).__name__}")
+        raise PlanFileError(f"plan {path}: field {key!r} must be {tname}, got {type(v).__name__}")
     return v
 
 
 def _positive_int(d: dict, key: str, path: str) -> int:
     v = _field(d, key, int, path)
     if v < 1:
-        raise PlanError(f"plan {path}: field {key!r} must be a positive integer, got {v}")
+        raise PlanFileError(f"plan {path}: field {key!r} must be a positive integer, got {v}")
     return v
 
 
@@ -152,36 +152,36 @@ def _str_list(d: dict, key: str, path: str) -> tuple[str, ...]:
     v = _field(d, key, list, path)
     for i, x in enumerate(v):
         if not isinstance(x, str):
-            raise PlanError(f"plan {path}: field '{key}[{i}]' must be a string, got {type(x).__name__}")
+            raise PlanFileError(f"plan {path}: field '{key}[{i}]' must be a string, got {type(x).__name__}")
     return tuple(v)
 
 
 def plan_from_json(d: Any, path: str = "<memory>") -> Plan:
     """Validate a decoded plan document; errors name the offending field."""
     if not isinstance(d, dict):
-        raise PlanError(f"plan {path}: the document must be a JSON object, got {type(d).__name__}")
+        raise PlanFileError(f"plan {path}: the document must be a JSON object, got {type(d).__name__}")
     version = d.get("schema_version")
     if version is None:
-        raise PlanError(f"plan {path}: field 'schema_version' is missing")
+        raise PlanFileError(f"plan {path}: field 'schema_version' is missing")
     if isinstance(version, bool) or not isinstance(version, int) or version != SCHEMA_VERSION:
-        raise PlanError(
+        raise PlanFileError(
             f"plan {path}: field 'schema_version' is {version!r}; this dsa reads version {SCHEMA_VERSION} "
             "(upgrade dsa or re-create the plan)"
         )
     if d.get("kind", "dsa.plan") != "dsa.plan":
-        raise PlanError(f"plan {path}: field 'kind' is {d.get('kind')!r}, expected 'dsa.plan'")
+        raise PlanFileError(f"plan {path}: field 'kind' is {d.get('kind')!r}, expected 'dsa.plan'")
     added_raw = _field(d, "added", list, path)
     added = []
     for i, a in enumerate(added_raw):
         if not isinstance(a, dict) or not isinstance(a.get("after"), str):
-            raise PlanError(f"plan {path}: field 'added[{i}]' must be an object with a string 'after'")
+            raise PlanFileError(f"plan {path}: field 'added[{i}]' must be an object with a string 'after'")
         added.append(AddedActivation(a["after"], str(a.get("type", "ReLU6"))))
     segments = d.get("segments", [])
     if not isinstance(segments, list) or not all(isinstance(s, dict) for s in segments):
-        raise PlanError(f"plan {path}: field 'segments' must be a list of objects")
+        raise PlanFileError(f"plan {path}: field 'segments' must be a list of objects")
     for key in ("source", "metadata"):
         if not isinstance(d.get(key, {}), dict):
-            raise PlanError(f"plan {path}: field {key!r} must be an object")
+            raise PlanFileError(f"plan {path}: field {key!r} must be an object")
     return Plan(
         model=_field(d, "model", str, path),
         fingerprint=_field(d, "fingerprint", str, path),
@@ -197,7 +197,7 @@ def plan_from_json(d: Any, path: str = "<memory>") -> Plan:
 
 def load_plan(path: str | Path) -> Plan:
     """Read and validate a plan file (schema only; :meth:`Plan.check` binds it to a model)."""
-    return plan_from_json(read_json(path, "plan", PlanError), str(path))
+    return plan_from_json(read_json(path, "plan", PlanFileError), str(path))
 
 
 def make_plan(

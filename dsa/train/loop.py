@@ -48,7 +48,6 @@ from torch.utils.data.distributed import DistributedSampler
 from dsa.checkpoints import load_training_checkpoint, training_checkpoint
 from dsa.data import DataBundle, flip_generator, load_data, prepare_batch
 from dsa.errors import (
-    ExportError,
     InterruptedRunError,
     TrainingError,
 )
@@ -481,9 +480,8 @@ def _finish_staged(
             summary["accuracy"][s] = accuracy(student, data.split(s), **eval_kw).to_json()
         timed = {"original": nets.original}
     else:
-        from dsa.checkpoints import save_merged
-        from dsa.export import to_onnx, to_torchscript
-        from dsa.transform.merge import bn_folded_network, conv_count, merge
+        from dsa.export import export_merged
+        from dsa.transform.merge import bn_folded_network, conv_count, merge, merge_record
 
         notify("phase", {"what": "merging"})
         sizes = sorted({cfg.image_size, plan.input_size})
@@ -504,40 +502,32 @@ def _finish_staged(
             }
         summary["accuracy"] = acc
         summary["merged_equals_merge_ready"] = all(a["equal"] for a in acc.values())
-        notify("phase", {"what": "exporting merged.pt"})
         merged = merged.cpu()  # exports are made and checked on the CPU
         example = torch.randn(1, 3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0))
-        merged_path = run_dir / "merged.pt"
-        save_merged(
+        exported = export_merged(
             merged,
             plan,
-            outputs.stage(merged_path),
+            outputs,
+            run_dir / "merged.pt",
+            example=example,
+            onnx=run_dir / "merged.onnx" if cfg.onnx else None,
+            onnx_failure="record",
+            notify=lambda what: notify("phase", {"what": what}),
             model_name=cfg.model,
             num_classes=data.num_classes,
             classes=list(data.classes),
             image_size=cfg.image_size,
-            verified_max_rel_error=merged.dsa_merge_error,
             accuracy={s: a["merged"] for s, a in acc.items()},
         )
-        ts_path = run_dir / "merged.torchscript.pt"
-        notify("phase", {"what": "exporting TorchScript"})
-        how = to_torchscript(merged, example, outputs.stage(ts_path), plan)
-        export: dict = {"checkpoint": str(merged_path), "torchscript": str(ts_path), "torchscript_mode": how}
-        if cfg.onnx:
-            notify("phase", {"what": "exporting ONNX (checked in onnxruntime)"})
-            onnx_path = run_dir / "merged.onnx"
-            try:
-                export["onnxruntime_max_rel_error"] = to_onnx(merged, example, outputs.stage(onnx_path))
-                export["onnx"] = str(onnx_path)
-            except ExportError as e:
-                export["onnx_error"] = str(e)
+        export = exported.to_json()
+        record = merge_record(merged)
         plan.save(outputs.stage(run_dir / "plan.json"))
         summary["export"] = export
         summary["merge"] = {
             "convs_before": conv_count(nets.original),
             "convs_after": conv_count(merged),
-            "verified_max_rel_error_fp64": merged.dsa_merge_error,
-            "verified_max_rel_error_model_dtype": merged.dsa_merge_error_model_dtype,
+            "verified_max_rel_error_fp64": record.max_rel_error,
+            "verified_max_rel_error_model_dtype": record.max_rel_error_model_dtype,
             "verified_sizes": sizes,
             "segments": len(plan.segments),
             "removed_activations": len(plan.removed),

@@ -235,11 +235,43 @@ def _identity_node(gm: fx.GraphModule, node: fx.Node, target: str) -> None:
     node.args, node.kwargs = (node.args[0],), {}
 
 
+@dataclass(frozen=True)
+class MergeReady:
+    """What :func:`apply_plan` knows of the merge-ready network it returns (``merge_ready_record(module)``)."""
+
+    plan: Plan
+    analysis: Analysis
+    segments: tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class Merged:
+    """What :func:`merge` verified of the network it returns (``merge_record(module)``)."""
+
+    plan: Plan
+    max_rel_error: float  # against the merge-ready network, in float64
+    max_rel_error_model_dtype: float  # the same, in the model's dtype
+
+
+_READY_KEY, _MERGED_KEY = "dsa.merge_ready", "dsa.merged"
+
+
+def merge_ready_record(model: nn.Module) -> MergeReady | None:
+    """The :class:`MergeReady` record of a network :func:`apply_plan` returned (kept in ``GraphModule.meta``,
+    which copies carry), or None."""
+    return getattr(model, "meta", {}).get(_READY_KEY) if isinstance(model, fx.GraphModule) else None
+
+
+def merge_record(model: nn.Module) -> Merged | None:
+    """The :class:`Merged` record (plan, verified errors) of a network :func:`merge` returned, or None."""
+    return getattr(model, "meta", {}).get(_MERGED_KEY) if isinstance(model, fx.GraphModule) else None
+
+
 def apply_plan(model: nn.Module, plan: Plan, analysis: Analysis | None = None) -> fx.GraphModule:
     """A merge-ready copy of ``model``: removed activations are nn.Identity (names kept), DepthShrinker's
     activations are added, and each segment's zero padding is moved onto its first conv (residual shortcuts
     are padded to match), so that the network merges exactly. ``model`` is not modified."""
-    if getattr(model, "dsa_merge_ready", False):
+    if merge_ready_record(model) is not None:
         raise MergeError("this model is already merge-ready; apply_plan takes the original network")
     analysis = analysis or analyze(model, plan.model, plan.input_size)
     plan.check(analysis)
@@ -271,10 +303,8 @@ def apply_plan(model: nn.Module, plan: Plan, analysis: Analysis | None = None) -
 
     gm.graph.lint()
     gm.recompile()
-    gm.dsa_merge_ready = True
-    gm.dsa_plan = plan
-    gm.dsa_analysis = analysis
-    gm.dsa_segments = segments
+    gm.meta.pop(_MERGED_KEY, None)
+    gm.meta[_READY_KEY] = MergeReady(plan, analysis, tuple(segments))
     return gm
 
 
@@ -416,26 +446,28 @@ def merge(
     one from :func:`apply_plan` (e.g. after finetuning). The result is checked against the merge-ready
     network in float64 at ``verify_sizes`` (default: the plan's input size) and again in the model's dtype;
     a relative error above ``tolerance`` (float64) or ``tolerance_fp32`` raises
-    :class:`MergeVerificationError`. The errors are kept as ``dsa_merge_error`` (float64) and
-    ``dsa_merge_error_model_dtype``.
+    :class:`MergeVerificationError`. The errors are kept in the result's :class:`Merged` record
+    (:func:`merge_record`).
     """
-    if getattr(model, "dsa_merge_ready", False):
+    info = merge_ready_record(model)
+    if info is not None:
         ready = model
-        plan = plan or model.dsa_plan
-        if plan.fingerprint != model.dsa_plan.fingerprint or plan.removed != model.dsa_plan.removed:
+        plan = plan or info.plan
+        if plan.fingerprint != info.plan.fingerprint or plan.removed != info.plan.removed:
             raise MergeError("the plan given differs from the one this merge-ready model was made with")
     else:
         if plan is None:
             raise MergeError("merge needs a plan for an original (not merge-ready) model")
         ready = apply_plan(model, plan)
+        info = merge_ready_record(ready)
     if ready.training:
         raise MergeError("merge needs the model in eval mode (BN statistics are folded); call model.eval()")
     dtype = next(ready.parameters()).dtype
     # merge in float64 (exact math), verify there, then cast to the model's dtype and verify again
     ready64 = _bare_copy(ready).to(torch.float64)
-    merged64 = _merge_graph(ready64, ready.dsa_analysis, ready.dsa_segments)
+    merged64 = _merge_graph(ready64, info.analysis, info.segments)
     sizes = list(verify_sizes) if verify_sizes else [plan.input_size]
-    seg_err, seg_name = segment_errors(ready64, merged64, ready.dsa_analysis, ready.dsa_segments, sizes[0])
+    seg_err, seg_name = segment_errors(ready64, merged64, info.analysis, info.segments, sizes[0])
     if not seg_err <= tolerance:
         raise MergeVerificationError(
             f"merged segment starting at {seg_name} differs from its merge-ready ops by max relative error "
@@ -459,10 +491,7 @@ def merge(
                 f"{err_model:.3g}, above {tolerance_fp32:g} and twice the merge-ready network's own float32 error "
                 f"{own:.3g}; the merged kernels may be too large for float32"
             )
-    merged.dsa_merged = True
-    merged.dsa_merge_error = err
-    merged.dsa_merge_error_model_dtype = err_model
-    merged.dsa_plan = plan
+    merged.meta[_MERGED_KEY] = Merged(plan, err, err_model)
     return merged.eval()
 
 
@@ -498,16 +527,13 @@ def _merge_graph(ready: fx.GraphModule, analysis: Analysis, segments: Sequence[S
     return merged
 
 
-_DSA_ATTRS = ("dsa_merge_ready", "dsa_plan", "dsa_analysis", "dsa_segments")
-
-
 def _bare_copy(gm: fx.GraphModule) -> fx.GraphModule:
-    """Deep copy of a GraphModule without dsa's bookkeeping attributes (the analysis holds a whole model)."""
-    saved = {a: gm.__dict__.pop(a) for a in _DSA_ATTRS if a in gm.__dict__}
+    """Deep copy of a GraphModule without dsa's records (the analysis holds a whole model)."""
+    saved = {k: gm.meta.pop(k) for k in (_READY_KEY, _MERGED_KEY) if k in gm.meta}
     try:
         return copy.deepcopy(gm)
     finally:
-        gm.__dict__.update(saved)
+        gm.meta.update(saved)
 
 
 def conv_count(model: nn.Module) -> int:
