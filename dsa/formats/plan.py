@@ -296,3 +296,32 @@ def act_list_of(plan: Plan, analysis: Analysis) -> list[int]:
 def remove_all_plan(analysis: Analysis) -> Plan:
     """Remove every removable activation, add nothing (the most aggressive activation-granular plan)."""
     return make_plan(analysis, analysis.removable, source={"kind": "remove-all"})
+
+
+def keep_list_plan(
+    analysis: Analysis, *, act_list: str | None = None, ds_pattern: str | None = None, remove_all: bool = False
+) -> Plan:
+    """A plan without the solver, from exactly one source: a DepthShrinker keep list (``"1,0,0,..."``, one entry
+    per block plus stem and head), one of DepthShrinker's MobileNetV2 patterns A-F, or removing every removable
+    activation."""
+    given = [n for n, v in (("--act-list", act_list), ("--ds-pattern", ds_pattern)) if v is not None]
+    given += ["--remove-all"] if remove_all else []
+    if len(given) != 1:
+        got = " and ".join(given) or "none"
+        raise PlanError(f"give exactly one of --act-list, --ds-pattern, --remove-all; got {got}")
+    if remove_all:
+        return remove_all_plan(analysis)
+    if ds_pattern is not None:
+        keep = ds_pattern_act_list(ds_pattern)
+        if len(analysis.blocks()) != len(keep):
+            raise PlanError(
+                f"--ds-pattern is DepthShrinker's MobileNetV2 keep list ({len(keep)} entries: stem, 17 blocks, head); "
+                f"{analysis.model_name} has {len(analysis.blocks())} blocks; use --act-list"
+            )
+    else:
+        try:
+            keep = [int(x) for x in act_list.replace(" ", "").split(",") if x != ""]
+        except ValueError as e:
+            raise PlanError(f"--act-list must be comma-separated 0/1 values, got {act_list!r}") from e
+    return plan_from_act_list(analysis, keep)
+

@@ -19,6 +19,7 @@ from dsa.formats.plan import Plan, remove_all_plan
 from dsa.formats.profile import Profile, Stat
 from dsa.io import without_profiler_noise
 from dsa.ir import Analysis, Segment, signature_of
+from dsa.measure.timing import sync, time_callable
 from dsa.vocab import DEFAULT_DEVICE, PRECISIONS
 
 TORCH_DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.float32, torch.float16, torch.bfloat16), strict=True))
@@ -64,32 +65,8 @@ class _Annotated(fx.Interpreter):
             return super().run_node(n)
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _time_callable(fn: Callable[[], Any], device: torch.device, warmup: int, repeats: int) -> Stat:
-    import time
-
-    with torch.inference_mode():
-        for _ in range(warmup):
-            fn()
-        _sync(device)
-        times = []
-        for _ in range(repeats):
-            if device.type == "cuda":
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                fn()
-                end.record()
-                torch.cuda.synchronize(device)
-                times.append(start.elapsed_time(end))
-            else:
-                t0 = time.perf_counter()
-                fn()
-                times.append((time.perf_counter() - t0) * 1e3)
-    return Stat.of(times)
+    return Stat.of(time_callable(fn, device, warmup, repeats))
 
 
 def _per_op_times(a: Analysis, x: torch.Tensor, device: torch.device, warmup: int, repeats: int) -> dict[str, Stat]:
@@ -106,12 +83,12 @@ def _per_op_times(a: Analysis, x: torch.Tensor, device: torch.device, warmup: in
     with torch.inference_mode():
         for _ in range(warmup):
             interp.run(x)
-        _sync(device)
+        sync(device)
         with without_profiler_noise():
             with profile(activities=activities) as prof:
                 for _ in range(repeats):
                     interp.run(x)
-                _sync(device)
+                sync(device)
             events = prof.events()
     per_op: dict[str, list[float]] = {}
     for ev in events:

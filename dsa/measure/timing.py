@@ -1,4 +1,5 @@
-"""Measured throughput of the original and merged networks, interleaved in one run on one machine."""
+"""The one timing function (:func:`timed_run`: CUDA events on a GPU, ``perf_counter`` on the CPU), and the
+interleaved throughput of several networks in one run on one machine (:func:`measure`)."""
 
 from __future__ import annotations
 
@@ -33,25 +34,53 @@ class Timing:
         }
 
 
-def resolve_device(device: str) -> str:
-    """``auto`` (cuda when available, else cpu), ``cpu`` or ``cuda[:i]``; raises :class:`DsaError` for anything
-    else, or for CUDA on a machine without it."""
+def resolve_device(device: str, local_rank: int | None = None) -> str:
+    """``auto`` (cuda when available, else cpu), ``cpu`` or ``cuda[:i]`` (plain ``cuda`` is ``cuda:<local_rank>``
+    when a rank is given); raises :class:`DsaError` for anything else, or for CUDA on a machine without it."""
     from dsa.errors import DsaError
 
     if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         return device
     if device == "cuda" or (device.startswith("cuda:") and device[5:].isdigit()):
         if not torch.cuda.is_available():
             raise DsaError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        return device
+        return f"cuda:{local_rank}" if device == "cuda" and local_rank is not None else device
     raise DsaError(f"--device must be auto, cpu or cuda[:i], got {device!r}")
 
 
-def _sync(device: torch.device) -> None:
+def sync(device: torch.device) -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def timed_run(fn: Callable[[], object], device: torch.device, iters: int = 1) -> float:
+    """Milliseconds of ``iters`` calls of ``fn``: CUDA events around them on a GPU (the device's time), else
+    ``perf_counter`` after a sync."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        sync(device)
+        start.record()
+        for _ in range(iters):
+            fn()
+        end.record()
+        torch.cuda.synchronize(device)
+        return start.elapsed_time(end)
+    t0 = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_callable(fn: Callable[[], object], device: torch.device, warmup: int, repeats: int) -> list[float]:
+    """``warmup`` untimed calls, then the milliseconds of each of ``repeats`` calls (inference mode)."""
+    with torch.inference_mode():
+        for _ in range(warmup):
+            fn()
+        sync(device)
+        return [timed_run(fn, device) for _ in range(repeats)]
 
 
 def _quantiles(values: list[float]) -> tuple[float, float]:
@@ -84,15 +113,11 @@ def measure(
         for m in prepared.values():
             for _ in range(warmup):
                 m(x)
-            _sync(dev)
+            sync(dev)
         for r in range(repeats):
             for name, m in prepared.items():
-                _sync(dev)
-                t0 = time.perf_counter()
-                for _ in range(iters):
-                    m(x)
-                _sync(dev)
-                runs[name].append(batch_size * iters / (time.perf_counter() - t0))
+                ms = timed_run(lambda m=m: m(x), dev, iters)
+                runs[name].append(batch_size * iters / (ms / 1e3))
                 if progress:
                     progress(name, r)
     out = {}

@@ -25,11 +25,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import roofline as rl
 from dsa.errors import InternalError, PlanError
-from dsa.formats.importance import DEFAULT_ACTIVATION_COST, is_cost
+from dsa.formats.importance import DEFAULT_ACTIVATION_COST, is_cost, read_importance
 from dsa.formats.plan import AddedActivation, Plan, act_list_of, bn_folded_plan, make_plan, plan_from_act_list
 from dsa.ir import Analysis
 from dsa.latency.costs import CostModel, plan_ms
@@ -546,3 +547,31 @@ def fastest_plan(
     """The fastest plan whose accuracy cost is at most ``max_accuracy_cost`` (the dual of plan_for_target);
     ``options`` are :class:`Planner`'s keyword options."""
     return Planner(analysis, device, batch, precision, **options).fastest(max_accuracy_cost)
+
+
+def solve_plan(
+    analysis: Analysis,
+    device: str | rl.DeviceSpec = DEFAULT_DEVICE,
+    batch: int = 128,
+    precision: str = "fp32",
+    *,
+    target_latency_ms: float | None = None,
+    target_throughput: float | None = None,
+    target_speedup: float | None = None,
+    max_accuracy_cost: float | None = None,
+    importance_file: str | Path | None = None,
+    **options: Any,
+) -> PlanResult:
+    """What ``dsa plan`` solves: the fastest plan within ``max_accuracy_cost``, or the plan of least accuracy cost
+    for one latency target; accuracy costs from an importance file (its per-block costs too at block granularity).
+    ``options`` are :class:`Planner`'s (granularity, keep, remove, max_kernel, profile, costs)."""
+    if importance_file is not None:
+        imp = read_importance(importance_file)
+        options |= {"importance": imp.scores, "default_cost": imp.default}
+        if options.get("granularity") == "block":  # dsa importance's whole-block scores, where the file has them
+            options["block_importance"] = imp.segments or None
+    planner = Planner(analysis, device, batch, precision, **options)
+    if max_accuracy_cost is not None:
+        return planner.fastest(max_accuracy_cost)
+    return planner.for_target(target_latency_ms, target_throughput, target_speedup)
+

@@ -11,6 +11,7 @@ import torch.distributed as dist
 from dsa.errors import (
     TrainingError,
 )
+from dsa.measure.timing import resolve_device
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,9 @@ def _env_int(name: str, default: int) -> int:
         raise TrainingError(f"environment variable {name}={raw!r} is not an integer") from e
 
 
-def _resolve_device(device: str, local_rank: int) -> torch.device:
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise TrainingError(f"--device {device}: CUDA is not available on this machine; use --device cpu")
-        return torch.device("cuda", local_rank) if device == "cuda" else torch.device(device)
-    if device != "cpu":
-        raise TrainingError(f"--device must be auto, cpu or cuda[:i], got {device!r}")
-    return torch.device("cpu")
+def resolve_torch_device(device: str, local_rank: int = 0) -> torch.device:
+    """``--device`` as a torch device (plain ``cuda`` is this process's ``cuda:<LOCAL_RANK>``)."""
+    return torch.device(resolve_device(device, local_rank))
 
 
 def init_distributed(device: str = "auto") -> DistInfo:
@@ -57,7 +51,7 @@ def init_distributed(device: str = "auto") -> DistInfo:
     (nccl on CUDA, gloo on CPU). A single process without torchrun needs nothing."""
     world = _env_int("WORLD_SIZE", 1)
     rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
-    dev = _resolve_device(device, local)
+    dev = resolve_torch_device(device, local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     owns = False

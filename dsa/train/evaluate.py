@@ -16,7 +16,7 @@ from dsa.errors import (
 from dsa.models import classifier_head
 from dsa.networks import load_for_eval
 from dsa.train.config import Accuracy
-from dsa.train.distributed import _resolve_device
+from dsa.train.distributed import resolve_torch_device
 
 
 def _loader(ds: Dataset, batch_size: int, num_workers: int, sampler=None, drop_last: bool = False) -> DataLoader:
@@ -94,7 +94,7 @@ def evaluate_checkpoint(
         raise DataError(f"split must be train, val or test, got {split!r}")
     if str(data) != "elpv" and not Path(data).is_dir():
         raise DataError(f"--data {data}: not a known dataset name (elpv) and not an existing directory")
-    dev = _resolve_device(device, 0)
+    dev = resolve_torch_device(device)
     classes = dataset_classes(data)  # a plain state_dict may need the head width before any image is read
     loaded = load_for_eval(checkpoint, model=model, plan=plan, num_classes=len(classes), image_size=image_size)
     bundle = load_data(data, loaded.image_size)

@@ -1,0 +1,341 @@
+"""``dsa bench``, ``dsa profile``, ``dsa calibrate``, ``dsa validate``: measurements on this machine."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from dsa.commands._common import (
+    AllowIncompleteOpt,
+    CheckpointOpt,
+    DeviceOpt,
+    Format,
+    FormatOpt,
+    InputSizeOpt,
+    PlanModelOpt,
+    Precision,
+    PrecisionOpt,
+    PretrainedOpt,
+    ThreadsOpt,
+    analysis_of,
+    bn_folded_note,
+    check_out,
+    command,
+    emit_json,
+    err,
+    model_and_analysis,
+    one_line_errors,
+    out,
+    plan_and_model,
+    random_weights_warning,
+    warn,
+)
+from dsa.vocab import DEFAULT_MODEL
+
+
+@command("bench")
+@one_line_errors
+def bench_cmd(
+    plan: Annotated[Path | None, typer.Option(help="Also time the network merged by this plan.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
+    device: DeviceOpt = "auto",
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
+    threads: ThreadsOpt = None,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed forward passes per network first.")] = 2,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed forward passes per network (median reported).")] = 5,
+    model: PlanModelOpt = None,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+    input_size: InputSizeOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Measured images/s of the original network, of it with only its BNs folded, and of the merged network,
+    interleaved in one run (speed does not depend on the weights)."""
+    import torch
+    from rich.progress import Progress
+
+    from dsa.measure.timing import measure, resolve_device
+    from dsa.models import create_model
+    from dsa.models import input_size as default_size
+    from dsa.transform.merge import bn_folded_network, merge
+
+    device = resolve_device(device)
+    p = None
+    if plan is not None:
+        p, model = plan_and_model(plan, model)
+    model = model or DEFAULT_MODEL
+    if threads is not None:
+        torch.set_num_threads(threads)
+    net = create_model(model, pretrained=pretrained, checkpoint=checkpoint)
+    size = input_size or (p.input_size if p is not None else default_size(model))
+    models = {"original": net, "bn_folded": bn_folded_network(net, model, size)}
+    if p is not None:
+        models["merged"] = merge(net, p)
+    random_weights_warning(pretrained, checkpoint, "fine for speed, which does not depend on the weights")
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("timing", total=repeats * len(models))
+        res = measure(
+            models, batch_size, size, device, channels_last, warmup, repeats, progress=lambda *_: bar.advance(task)
+        )
+    orig = res["original"].images_per_s
+    result = {
+        "model": model,
+        "batch_size": batch_size,
+        "input_size": size,
+        "device": device,
+        "layout": "channels_last" if channels_last else "NCHW",
+        "threads": torch.get_num_threads(),
+        "warmup": warmup,
+        "repeats": repeats,
+        **{k: v.to_json() for k, v in res.items()},
+        "speedup": res["merged"].images_per_s / orig if "merged" in res else None,
+        "bn_folded_speedup": res["bn_folded"].images_per_s / orig,
+        "speedup_over_bn_folded": (
+            res["merged"].images_per_s / res["bn_folded"].images_per_s if "merged" in res else None
+        ),
+    }
+    if fmt == Format.json:
+        emit_json(result)
+        return
+    t = Table(
+        "network",
+        "images/s (median)",
+        "min",
+        "max",
+        "IQR",
+        "ms/batch",
+        "vs original",
+        title=f"{model}, batch {batch_size}, {size} px, {result['layout']}, {device}, {result['threads']} threads, "
+        f"median of {repeats} interleaved runs",
+    )
+    names = {"original": "original", "bn_folded": "BN folded only", "merged": "merged"}
+    for k, v in res.items():
+        t.add_row(
+            names.get(k, k),
+            f"{v.images_per_s:.1f}",
+            f"{v.images_per_s_min:.1f}",
+            f"{v.images_per_s_max:.1f}",
+            f"{v.iqr_images_per_s:.1f}",
+            f"{v.latency_ms:.1f}",
+            f"{v.images_per_s / orig:.2f}x",
+        )
+    out.print(t)
+    if result["speedup"]:
+        out.print(
+            f"speed-up: {result['speedup']:.2f}x"
+            + bn_folded_note(result["bn_folded_speedup"], result["speedup_over_bn_folded"])
+        )
+
+
+@command("profile")
+@one_line_errors
+def profile_cmd(
+    out_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--out", "-o", help="Profile file (default: profiles/<device>/<model>_b<B>_<precision>_<layout>.json)."
+        ),
+    ] = None,
+    device: DeviceOpt = "auto",
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
+    precision: PrecisionOpt = Precision.fp32,
+    channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
+    warmup: Annotated[int, typer.Option(min=0, help="Untimed runs of each op, segment and network first.")] = 2,
+    repeats: Annotated[int, typer.Option(min=1, help="Timed runs of each (median and IQR recorded).")] = 5,
+    plan: Annotated[Path | None, typer.Option(help="Also time the network merged by this plan end to end.")] = None,
+    threads: ThreadsOpt = None,
+    input_size: InputSizeOpt = None,
+    model: PlanModelOpt = None,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+) -> None:
+    """Measure every op (torch.profiler), every candidate merged segment and the whole network. Ctrl-C keeps what
+    was measured in <out>.partial.json and never touches an existing profile."""
+    import torch
+    from rich.progress import Progress
+
+    import roofline as rl
+    from dsa.errors import DsaError
+    from dsa.formats.profile import partial_path, profile_path
+    from dsa.measure.profiler import profile_model
+    from dsa.measure.timing import resolve_device
+
+    device = resolve_device(device)
+    if precision == Precision.tf32 and not device.startswith("cuda"):
+        raise DsaError("--precision tf32 is a CUDA tensor-core mode; a CPU computes fp32: use --precision fp32")
+    p = None
+    if plan is not None:
+        p, model = plan_and_model(plan, model)
+    model = model or DEFAULT_MODEL
+    if threads is not None:
+        torch.set_num_threads(threads)
+    inputs = {"--plan": plan, "--checkpoint": checkpoint}
+    if out_path is not None:  # checked before minutes of measuring; the default path needs the device's name
+        check_out(out_path, "--out", **inputs)
+    net, a = model_and_analysis(model, pretrained, checkpoint, input_size or (p.input_size if p else None))
+    if p is not None:
+        p.check(a)
+    spec = rl.measure_local_device(device, seconds=2.0)
+    layout = "channels_last" if channels_last else "nchw"
+    path = out_path or profile_path(spec.name, a.model_name, batch_size, precision.value, layout)
+    check_out(path, "--out", **inputs)
+    check_out(partial_path(path), "the partial profile (beside --out)", **inputs)
+    err.print(
+        f"profiling {a.model_name} on {spec.name} ({device}, batch {batch_size}, {a.input_size} px, "
+        f"{precision.value}, {layout}, {torch.get_num_threads()} threads, {repeats} repeats) -> {path}; Ctrl-C keeps "
+        "what was measured",
+        markup=False,
+    )
+    with Progress(console=err, transient=True) as bar:
+        task = bar.add_task("profiling", total=None)
+
+        def progress(what: str, step: int, total: int) -> None:
+            bar.update(task, completed=step, total=total, description=what)
+
+        prof = profile_model(
+            net,
+            a,
+            batch_size=batch_size,
+            precision=precision.value,
+            device=device,
+            channels_last=channels_last,
+            warmup=warmup,
+            repeats=repeats,
+            plan=p,
+            device_spec=spec,
+            progress=progress,
+        )
+    e2e = prof.end_to_end
+    summary = f"{len(prof.ops)} ops, {len(prof.segments)} candidate segments"
+    if "original" in e2e:
+        summary += f"; original {e2e['original']['images_per_s']:.1f} img/s"
+    if "merged" in e2e:
+        summary += f", merged {e2e['merged']['images_per_s']:.1f} img/s"
+    if not prof.complete:
+        kept = partial_path(path)
+        prof.save(kept)
+        before = f"{path} is unchanged" if path.exists() else f"nothing was written to {path}"
+        typer.echo(
+            f"error: interrupted (Ctrl-C): what was measured ({summary}) is kept in {kept} (complete: false); "
+            f"{before}; profile again to complete it",
+            err=True,
+        )
+        raise typer.Exit(130)
+    prof.save(path)
+    partial_path(path).unlink(missing_ok=True)  # a complete profile supersedes an earlier interrupted one
+    out.print(f"wrote {path}: {summary}")
+
+
+@command("calibrate")
+@one_line_errors
+def calibrate_cmd(
+    profile: Annotated[Path, typer.Option("--profile", help="A measured profile (dsa profile).")],
+    device_out: Annotated[
+        Path | None, typer.Option("--device-out", help="Also write the calibrated device file here.")
+    ] = None,
+    allow_incomplete: AllowIncompleteOpt = False,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="The model (default: the one the profile was taken of).")
+    ] = None,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Fit the roofline efficiencies of the profiled device on a training split of the measured ops; the
+    calibration is stored in the profile (and optionally a device file), both written only if both can be."""
+    import roofline as rl
+    from dsa.io import Outputs
+    from dsa.measure.calibrate import calibrate
+
+    check_out(profile, "--profile (rewritten with its calibration)")
+    if device_out is not None:
+        check_out(device_out, "--device-out", **{"--profile": profile, "--checkpoint": checkpoint})
+    a, prof = profile_and_analysis(profile, model, pretrained, checkpoint, allow_incomplete)
+    cal, prof = calibrate(a, prof)
+    with Outputs() as outs:
+        prof.save(outs.stage(profile))
+        if device_out is not None:
+            rl.save_device(prof.device(), outs.stage(device_out))
+    if fmt == Format.json:
+        emit_json(cal.to_dict())
+        return
+    effs = ", ".join(f"{k} {v:.3g}" for k, v in sorted(cal.compute_efficiency.items()))
+    mems = ", ".join(f"{k} {v:.3g}" for k, v in sorted(cal.memory_efficiency.items()))
+    out.print(
+        f"calibrated {prof.device_name} on {cal.n_ops} measured items: compute efficiency (share of peak) {effs}; "
+        f"memory efficiency (share of bandwidth) {mems}; launch overhead {cal.launch_ms:.4f} ms per op; median "
+        f"|error| on the fitted items {cal.median_abs_pct_error_uncalibrated:.1f}% uncalibrated -> "
+        f"{cal.median_abs_pct_error:.1f}% calibrated"
+    )
+    out.print(f"stored in {profile}" + (f" and {device_out}" if device_out else ""))
+
+
+def profile_and_analysis(profile: Path, model, pretrained, checkpoint, allow_incomplete):
+    """A profile and the analysis of the network it was taken of (``--model`` default: the profile's)."""
+    from dsa.formats.profile import load_profile
+
+    prof = load_profile(profile)
+    a = analysis_of(model or prof.model, pretrained, checkpoint, prof.input_size)
+    prof.check_for(a, allow_incomplete=allow_incomplete, path=profile)
+    from dsa.latency.resolve import incomplete_note
+
+    for warning in incomplete_note(prof, profile):
+        warn(warning)
+    return a, prof
+
+
+@command("validate")
+@one_line_errors
+def validate_cmd(
+    profile: Annotated[Path, typer.Option("--profile", help="A measured profile (dsa profile).")],
+    allow_incomplete: AllowIncompleteOpt = False,
+    model: Annotated[
+        str | None, typer.Option("--model", "-m", help="The model (default: the one the profile was taken of).")
+    ] = None,
+    pretrained: PretrainedOpt = False,
+    checkpoint: CheckpointOpt = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """How well the roofline predicts held-out measured segments and ops, and whole networks, before and
+    after calibration."""
+    from dsa.measure.calibrate import validate
+
+    a, prof = profile_and_analysis(profile, model, pretrained, checkpoint, allow_incomplete)
+    rep = validate(a, prof)
+    if fmt == Format.json:
+        emit_json(rep)
+        return
+    t = Table(
+        "held-out",
+        "model",
+        "n",
+        "median |err| %",
+        "within 10%",
+        "Spearman",
+        "Kendall",
+        title=f"{rep['model']} on {rep['device']}, batch {rep['batch_size']}, {rep['precision']}, {rep['layout']}",
+    )
+    for label in ("uncalibrated", "calibrated"):
+        for kind in ("segment", "op"):
+            m = rep[label][kind]
+            if m.get("n"):
+                t.add_row(
+                    kind + "s",
+                    label,
+                    str(m["n"]),
+                    f"{m['median_abs_pct_err']:.1f}",
+                    f"{m['within_10pct']:.0%}",
+                    f"{m.get('spearman', float('nan')):.3f}",
+                    f"{m.get('kendall', float('nan')):.3f}",
+                )
+    out.print(t)
+    for name, row in rep["end_to_end"].items():
+        if isinstance(row, dict):
+            out.print(
+                f"end to end, {name}: measured {row['measured_ms']:.1f} ms, predicted "
+                f"{row['predicted_ms_uncalibrated']:.1f} ms uncalibrated ({row['abs_pct_err_uncalibrated']:.1f}% off), "
+                f"{row['predicted_ms_calibrated']:.1f} ms calibrated ({row['abs_pct_err_calibrated']:.1f}% off)"
+            )
