@@ -173,6 +173,108 @@ def _tensor_inputs(node: fx.Node) -> list[fx.Node]:
     return [a for a in node.all_input_nodes if a.meta.get("tensor_meta") is not None or a.op == "placeholder"]
 
 
+# -------------------------------------------------------------------- lowering rules (first match applies)
+
+
+def _found(op: Op, findings: list[Finding], why: str) -> None:
+    op.note = why
+    findings.append(Finding(op.name, why))
+
+
+def _lower_conv(op: Op, m: nn.Module, findings: list[Finding]) -> Op | None:
+    info, why = conv_info(m)
+    if info is not None:
+        op.kind, op.conv = Kind.CONV, info
+    else:
+        _found(op, findings, why)
+    return None
+
+
+def _lower_bn(op: Op, m: nn.Module, findings: list[Finding]) -> Op | None:
+    """A foldable BN; a timm BatchNormAct2d also yields its activation half (returned, the node's output)."""
+    ok, why = _bn_ok(m)
+    if not ok:
+        if why:
+            _found(op, findings, why)
+        return None
+    op.kind, op.bn_eps = Kind.BN, float(m.eps)
+    if not (_is_timm(m, "BatchNormAct2d") and not isinstance(m.act, nn.Identity)):
+        return None
+    name = f"{op.name}.act"
+    act = Op(f"{op.node}/act", name, Kind.ACT, op.node, [op.id], type(m.act).__name__, op.block, op.shape)
+    if act.module_type not in ACTIVATION_TYPES:
+        act.kind, act.note = Kind.OTHER, f"{name} is a {act.module_type}, not a known activation"
+    return act
+
+
+def _lower_pad_module(op: Op, m: nn.Module, findings: list[Finding]) -> Op | None:
+    op.kind, op.pad = Kind.PAD, _pad4(m.padding)
+    return None
+
+
+def _kind(kind: str):
+    def lower(op: Op, m: nn.Module, findings: list[Finding]) -> Op | None:
+        op.kind = kind
+        return None
+
+    return lower
+
+
+# (applies to the module, lowering): a module call is the first rule's kind; unmatched modules are OTHER
+_MODULE_RULES = (
+    (lambda m: isinstance(m, nn.Conv2d), _lower_conv),
+    (lambda m: isinstance(m, nn.BatchNorm2d), _lower_bn),
+    (lambda m: type(m).__name__ in ACTIVATION_TYPES, _kind(Kind.ACT)),
+    (lambda m: isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout2d)), _kind(Kind.IDENTITY)),
+    (lambda m: isinstance(m, nn.ZeroPad2d) or (isinstance(m, nn.ConstantPad2d) and m.value == 0), _lower_pad_module),
+    (lambda m: type(m).__name__ == "RelocatedPad", _kind(Kind.IDENTITY)),  # a merge-ready shortcut pad
+)
+
+
+def _is_activation_call(node: fx.Node, inputs: list[str]) -> bool:
+    if node.op == "call_method":
+        return node.target in _METHOD_ACTIVATIONS
+    tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
+    return node.op == "call_function" and node.target in _FUNCTIONAL_ACTIVATIONS and len(tensor_args) == 1
+
+
+def _is_add(node: fx.Node, inputs: list[str]) -> bool:
+    return (
+        node.op == "call_function"
+        and node.target in _ADD_FUNCTIONS
+        and len(node.args) == 2
+        and all(isinstance(a, fx.Node) for a in node.args)
+        and not node.kwargs
+        and len(set(inputs)) == 2
+    )
+
+
+def _zero_pad_of(node: fx.Node) -> tuple[int, int, int, int] | None:
+    """(top, bottom, left, right) of an ``F.pad`` call that zero-pads by constant ints, else None."""
+    if node.op != "call_function" or node.target is not F.pad:
+        return None
+    pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
+    mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
+    value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
+    ints = isinstance(pad, (list, tuple)) and len(pad) == 4 and all(isinstance(p, int) for p in pad)
+    if not (ints and mode == "constant" and not value):
+        return None
+    left, right, top, bottom = pad
+    return (top, bottom, left, right)
+
+
+def _lower_call(op: Op, node: fx.Node, inputs: list[str]) -> None:
+    """Functions and methods: activations, identity methods, adds of two tensors, zero ``F.pad``; else OTHER."""
+    if _is_activation_call(node, inputs):
+        op.kind = Kind.ACT
+    elif node.op == "call_method" and node.target in _IDENTITY_METHODS:
+        op.kind = Kind.IDENTITY
+    elif _is_add(node, inputs):
+        op.kind = Kind.ADD
+    elif (pad := _zero_pad_of(node)) is not None:
+        op.kind, op.pad = Kind.PAD, pad
+
+
 def _lower(gm: fx.GraphModule, root: nn.Module) -> tuple[dict[str, Op], list[Finding]]:
     """Lower the traced graph to IR ops; ``root`` is the traced model (its container types name blocks)."""
     modules = dict(gm.named_modules())
@@ -201,8 +303,8 @@ def _lower(gm: fx.GraphModule, root: nn.Module) -> tuple[dict[str, Op], list[Fin
         if node.op == "output":
             ops[node.name] = Op(node.name, "output", Kind.OUTPUT, node.name, inputs)
             continue
-        owner = _owner(node)
         op = Op(node.name, "", Kind.OTHER, node.name, inputs, shape=shape)
+        extra = None
         if node.op == "call_module":
             m = modules[node.target]
             k = seen_calls.get(node.target, 0)
@@ -210,94 +312,25 @@ def _lower(gm: fx.GraphModule, root: nn.Module) -> tuple[dict[str, Op], list[Fin
             op.name = node.target if call_counts[node.target] == 1 else f"{node.target}:{k}"
             op.module_type = type(m).__name__
             op.block = _block_of(root, node.target)
-            tname = type(m).__name__
             if call_counts[node.target] > 1 and isinstance(m, (nn.Conv2d, nn.BatchNorm2d, nn.ZeroPad2d)):
-                op.note = f"called {call_counts[node.target]} times; dsa merges only unshared layers"
-                findings.append(Finding(op.name, op.note))
-            elif isinstance(m, nn.Conv2d):
-                info, why = conv_info(m)
-                if info is not None:
-                    op.kind, op.conv = Kind.CONV, info
-                else:
-                    op.note = why
-                    findings.append(Finding(op.name, why))
-            elif isinstance(m, nn.BatchNorm2d):
-                ok, why = _bn_ok(m)
-                if ok:
-                    op.kind, op.bn_eps = Kind.BN, float(m.eps)
-                    if _is_timm(m, "BatchNormAct2d") and not isinstance(m.act, nn.Identity):
-                        ops[op.id] = op
-                        act_name = f"{op.name}.act"
-                        act = Op(
-                            f"{node.name}/act",
-                            act_name,
-                            Kind.ACT,
-                            node.name,
-                            [op.id],
-                            module_type=type(m.act).__name__,
-                            block=op.block,
-                            shape=shape,
-                        )
-                        if type(m.act).__name__ not in ACTIVATION_TYPES:
-                            act.kind = Kind.OTHER
-                            act.note = f"{act_name} is a {type(m.act).__name__}, not a known activation"
-                        ops[act.id] = act
-                        out_id[node.name] = act.id
-                        continue
-                elif why:
-                    op.note = why
-                    findings.append(Finding(op.name, why))
-            elif tname in ACTIVATION_TYPES:
-                op.kind = Kind.ACT
-            elif isinstance(m, (nn.Identity, nn.Dropout, nn.Dropout2d)):
-                op.kind = Kind.IDENTITY
-            elif isinstance(m, nn.ZeroPad2d) or (isinstance(m, nn.ConstantPad2d) and m.value == 0):
-                op.kind, op.pad = Kind.PAD, _pad4(m.padding)
-            elif tname == "RelocatedPad":
-                op.kind = Kind.IDENTITY  # a merge-ready form's shortcut pad: handled by apply_plan/merge
+                _found(op, findings, f"called {call_counts[node.target]} times; dsa merges only unshared layers")
+            else:
+                lower = next((rule for applies, rule in _MODULE_RULES if applies(m)), None)
+                extra = lower(op, m, findings) if lower is not None else None
         else:
+            owner = _owner(node)
             op.block = _block_of(root, owner)
-            fname = node.target if isinstance(node.target, str) else getattr(node.target, "__name__", str(node.target))
             op.name = f"{owner}.{node.name}" if owner else node.name
-            op.module_type = fname
-            tensor_args = [a for a in node.args if isinstance(a, fx.Node)]
-            if (
-                node.op == "call_function"
-                and node.target in _FUNCTIONAL_ACTIVATIONS
-                and len(tensor_args) == 1
-                or node.op == "call_method"
-                and node.target in _METHOD_ACTIVATIONS
-            ):
-                op.kind = Kind.ACT
-            elif node.op == "call_method" and node.target in _IDENTITY_METHODS:
-                op.kind = Kind.IDENTITY
-            elif (
-                node.op == "call_function"
-                and node.target in _ADD_FUNCTIONS
-                and len(node.args) == 2
-                and all(isinstance(a, fx.Node) for a in node.args)
-                and not node.kwargs
-                and len(set(inputs)) == 2
-            ):
-                op.kind = Kind.ADD
-            elif node.op == "call_function" and node.target is F.pad:
-                pad = node.args[1] if len(node.args) > 1 else node.kwargs.get("pad")
-                mode = node.kwargs.get("mode", node.args[2] if len(node.args) > 2 else "constant")
-                value = node.kwargs.get("value", node.args[3] if len(node.args) > 3 else 0.0)
-                if (
-                    isinstance(pad, (list, tuple))
-                    and len(pad) == 4
-                    and all(isinstance(p, int) for p in pad)
-                    and mode == "constant"
-                    and not value
-                ):
-                    op.kind = Kind.PAD
-                    left, right, top, bottom = pad
-                    op.pad = (top, bottom, left, right)
+            target = node.target
+            op.module_type = target if isinstance(target, str) else getattr(target, "__name__", str(target))
+            _lower_call(op, node, inputs)
         if op.kind == Kind.ACT:
             op.inputs = op.inputs[:1]
         ops[op.id] = op
         out_id[node.name] = op.id
+        if extra is not None:  # a BN+act module: its activation half is the node's output
+            ops[extra.id] = extra
+            out_id[node.name] = extra.id
     return ops, findings
 
 

@@ -17,10 +17,10 @@ from roofline.devices import (
     Peaks,
     list_devices,
     load_device,
-    measure_local_device,
     save_device,
 )
 from roofline.errors import RooflineError
+from roofline.measure import measure_local_device
 from roofline.model import (
     DEFAULT_COMPUTE_EFFICIENCY,
     DEFAULT_MEMORY_EFFICIENCY,

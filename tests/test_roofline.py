@@ -19,6 +19,7 @@ import pytest
 
 import roofline as rl
 from roofline import devices as rl_devices
+from roofline import measure as rl_measure
 from roofline.errors import RooflineError
 
 REL = 1e-9
@@ -566,7 +567,7 @@ def test_measure_local_cpu_device(tmp_path: Path) -> None:
     ],
 )
 def test_gpu_names_reported_by_torch_match_packaged_devices(reported: str, expected: str | None) -> None:
-    match = rl_devices._match_packaged(reported)
+    match = rl_measure._match_packaged(reported)
     assert (match.name if match else None) == expected
 
 
