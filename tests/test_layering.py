@@ -237,3 +237,13 @@ def test_library_code_never_prints_or_exits() -> None:
                 if name in ("print", "exit", "quit", "sys.exit", "os._exit"):
                     offenders.append(f"{m}:{node.lineno} {name}")
     assert offenders == []
+
+
+def test_op_vocabulary_is_defined_once() -> None:
+    """The activations a plan may add are the ones apply_plan can build; gate types cost as activations."""
+    from dsa.formats.plan import ADDABLE_ACTIVATIONS
+    from dsa.ir import ACTIVATION_TYPES, GATE_TYPES
+    from dsa.transform.merge import _ACT_FACTORY
+
+    assert tuple(_ACT_FACTORY) == ADDABLE_ACTIVATIONS and set(ADDABLE_ACTIVATIONS) <= ACTIVATION_TYPES
+    assert not ACTIVATION_TYPES & GATE_TYPES
