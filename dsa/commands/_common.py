@@ -103,6 +103,13 @@ PrecisionOpt = Annotated[Precision, typer.Option(help="Numeric precision of the 
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 
 
+ProfileBatchOpt = Annotated[
+    int | None,
+    typer.Option("--batch-size", min=1, help="Images per forward pass (default: 128, or the profile's)."),
+]
+ProfilePrecisionOpt = Annotated[
+    Precision | None, typer.Option("--precision", help="Numeric precision (default: fp32, or the profile's).")
+]
 ProfileOpt = Annotated[
     Path | None,
     typer.Option("--profile", help="A measured profile (dsa profile): its device, calibration and times."),

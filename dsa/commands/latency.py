@@ -20,7 +20,9 @@ from dsa.commands._common import (
     Precision,
     PrecisionOpt,
     PretrainedOpt,
+    ProfileBatchOpt,
     ProfileOpt,
+    ProfilePrecisionOpt,
     analysis_of,
     bn_folded_note,
     check_out,
@@ -72,13 +74,8 @@ def evaluation(
 def evaluate_cmd(
     plan: Annotated[Path, typer.Option(help="The plan JSON.")],
     gpu: GpuOpt = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option("--batch-size", min=1, help="Images per forward pass (default: 128, or the profile's)."),
-    ] = None,
-    precision: Annotated[
-        Precision | None, typer.Option(help="Numeric precision (default: fp32, or the profile's).")
-    ] = None,
+    batch_size: ProfileBatchOpt = None,
+    precision: ProfilePrecisionOpt = None,
     profile: ProfileOpt = None,
     allow_incomplete: AllowIncompleteOpt = False,
     model: PlanModelOpt = None,

@@ -20,6 +20,8 @@ from dsa.commands._common import (
     Precision,
     PrecisionOpt,
     PretrainedOpt,
+    ProfileBatchOpt,
+    ProfilePrecisionOpt,
     analysis_of,
     check_out,
     command,
@@ -55,13 +57,8 @@ def plan_cmd(
         float | None, typer.Option("--max-accuracy-cost", help="Solve: the fastest plan within this accuracy cost.")
     ] = None,
     gpu: GpuOpt = None,
-    batch_size: Annotated[
-        int | None,
-        typer.Option("--batch-size", min=1, help="Images per forward pass (default: 128, or the profile's)."),
-    ] = None,
-    precision: Annotated[
-        Precision | None, typer.Option("--precision", help="Numeric precision (default: fp32, or the profile's).")
-    ] = None,
+    batch_size: ProfileBatchOpt = None,
+    precision: ProfilePrecisionOpt = None,
     granularity: Annotated[
         Granularity | None,
         typer.Option(
