@@ -57,7 +57,7 @@ _ORDER = (
     "models", "analyze", "plan", "pareto", "merge", "bench", "devices", "evaluate", "roofline", "report", "profile",
     "calibrate", "validate", "train", "eval", "importance",
 )  # fmt: skip
-for _name, _fn in sorted(COMMANDS, key=lambda c: _ORDER.index(c[0])):
+for _name, _fn in sorted(COMMANDS, key=lambda c: _ORDER.index(c[0]) if c[0] in _ORDER else len(_ORDER)):
     app.command(_name)(_fn)
 
 

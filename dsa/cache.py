@@ -1,12 +1,16 @@
 """A cache of analysed networks (:class:`~dsa.ir.Analysis` as plain JSON), so that ``dsa plan``, ``evaluate``,
 ``pareto``, ``roofline`` and ``report`` on a warm cache import neither torch nor torchvision.
 
-An entry is keyed by the model name, the input size, dsa's version and the installed versions of torch,
-torchvision and timm (the model definitions), and for ``--checkpoint`` by the checkpoint file's content (a new
-head changes the network). Models built from user code (``package.module:factory``) are not cached: dsa cannot
+An entry is keyed by the model name, the input size, dsa's version and a hash of the sources that make an
+analysis (``dsa/ir.py``, ``graph.py``, ``models.py``, ``cache.py``: an edited lowering rule invalidates every entry),
+the installed versions of torch, torchvision and timm (the model definitions), and for ``--checkpoint`` the
+checkpoint file's content (loading it is part of building the analysis: a checkpoint that does not fit fails
+there, every time). Models built from user code (``package.module:factory``) are not cached: dsa cannot
 tell that code changed without importing it. An entry that cannot be read or does not fit its key is a miss (and
 is written anew); a cache that cannot be written is skipped. Entries live under ``$DSA_CACHE_DIR``, else
-``$XDG_CACHE_HOME/dsa``, else ``~/.cache/dsa``; ``DSA_NO_CACHE=1`` turns the cache off.
+``$XDG_CACHE_HOME/dsa``, else ``~/.cache/dsa``; ``DSA_NO_CACHE=1`` (any value but empty, ``0``, ``false``,
+``no``) turns the cache off. Entries are small JSON files (about 100 kB for MobileNetV2); nothing evicts them,
+delete the folder to clear it.
 """
 
 from __future__ import annotations
@@ -31,12 +35,16 @@ _PACKAGES = ("torch", "torchvision", "timm")
 
 def cache_dir() -> Path | None:
     """Where entries live, or None when the cache is off (``DSA_NO_CACHE=1``)."""
-    if os.environ.get("DSA_NO_CACHE", "").strip() not in ("", "0"):
+    if os.environ.get("DSA_NO_CACHE", "").strip().lower() not in ("", "0", "false", "no"):
         return None
     if os.environ.get("DSA_CACHE_DIR"):
         return Path(os.environ["DSA_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "dsa"
+    if os.environ.get("XDG_CACHE_HOME"):
+        return Path(os.environ["XDG_CACHE_HOME"]) / "dsa"
+    try:
+        return Path.home() / ".cache" / "dsa"
+    except RuntimeError:  # no home directory: no cache
+        return None
 
 
 def _versions() -> dict[str, str]:
@@ -47,6 +55,17 @@ def _versions() -> dict[str, str]:
         except metadata.PackageNotFoundError:
             out[p] = ""
     return out
+
+
+_SOURCES = ("ir.py", "graph.py", "models.py", "cache.py")  # what an analysis is computed by
+
+
+def _sources_digest() -> str:
+    h = hashlib.sha256()
+    here = Path(__file__).resolve().parent
+    for name in _SOURCES:
+        h.update((here / name).read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _file_digest(path: Path) -> str:
@@ -61,7 +80,13 @@ def cache_key(model: str, input_size: int | None, checkpoint: str | Path | None 
     """What an entry must match, or None for networks that are not cached (user models)."""
     if ":" in model:
         return None
-    key: dict[str, Any] = {"model": model, "input_size": input_size, "dsa": __version__, "packages": _versions()}
+    key: dict[str, Any] = {
+        "model": model,
+        "input_size": input_size,
+        "dsa": __version__,
+        "sources": _sources_digest(),
+        "packages": _versions(),
+    }
     if checkpoint is not None:
         try:
             key["checkpoint"] = _file_digest(Path(checkpoint))
@@ -148,7 +173,7 @@ def load(key: dict | None) -> Analysis | None:
         if doc.get("kind") != KIND or doc.get("schema_version") != SCHEMA_VERSION or doc.get("key") != key:
             return None
         return analysis_from_json(doc["analysis"])
-    except (OSError, ValueError, KeyError, TypeError):
+    except Exception:  # noqa: BLE001 -- an entry that cannot be read back is a miss, whatever is wrong with it
         return None
 
 

@@ -486,4 +486,3 @@ def analyze(model: nn.Module, model_name: str = "", input_size: int = 224, *, st
     return Analysis(model_name or type(model).__name__, input_size, ops, sites, findings, _fingerprint(ops), gm)
 
 
-# ------------------------------------------------------------------------------------------- segments

@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from dsa.errors import InternalError
+
 # Activation functions that may be removed (by class name, so timm's and user copies count too).
 ACTIVATION_TYPES = frozenset(
     {
@@ -278,7 +280,7 @@ class Analysis:
         return _segments(self, set(removed), set(added_after), set(boundaries), max_convs_after_stride)
 
 
-# --------------------------------------------------------------------------------------------- tracing
+# ------------------------------------------------------------------------------------------- segments
 
 
 def segment_signature(c_in: int, c_out: int, kernel, stride, groups: int, h_in: int, w_in: int) -> str:
@@ -416,7 +418,7 @@ def cut_run(
         for c in convs:
             if convs_after_stride is not None and convs_after_stride + 1 > max_after_stride:
                 if is_unit:
-                    raise AssertionError("unit inside a strided segment")  # units always start a piece
+                    raise InternalError("a residual unit inside a strided segment")  # units always start a piece
                 flush()
             if convs_after_stride is not None:
                 convs_after_stride += 1

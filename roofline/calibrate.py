@@ -24,7 +24,6 @@ import math
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.optimize import least_squares
 
 from roofline.devices import Calibration, DeviceSpec, load_device
 from roofline.errors import RooflineError
@@ -158,6 +157,8 @@ def _fit_once(
 ):
     """One least-squares fit with the slow memory regime on the ops flagged ``large`` (none: no regime).
     Returns (cost, compute_eff, memory_eff, launch_ms, large_factor, predicted_ms)."""
+    from scipy.optimize import least_squares  # 0.6 s to import: only when fitting
+
     base = efficiencies(spec, precision)
     with_regime = bool(large.any())
     classes = sorted({op.op_class.value for op in ops})

@@ -45,6 +45,17 @@ def test_keys_follow_what_can_change_the_network(tmp_path, monkeypatch) -> None:
     assert cache.cache_key("tests.tiny_models:tiny_mbv2", None) is None  # user code: never cached
     monkeypatch.setenv("DSA_NO_CACHE", "1")
     assert cache.cache_dir() is None
+    monkeypatch.setenv("DSA_NO_CACHE", "false")
+    assert cache.cache_dir() is not None
+
+
+def test_editing_the_analysis_code_invalidates_entries(tmp_path, monkeypatch) -> None:
+    source = tmp_path / "graph.py"
+    source.write_text("RULES = 1\n")
+    monkeypatch.setattr(cache, "_SOURCES", (str(source),))
+    before = cache.cache_key("mobilenet_v2_140", None)
+    source.write_text("RULES = 2\n")
+    assert cache.cache_key("mobilenet_v2_140", None)["sources"] != before["sources"]
 
 
 def test_a_corrupt_or_mismatching_entry_is_a_miss(tmp_path, monkeypatch) -> None:
@@ -56,8 +67,9 @@ def test_a_corrupt_or_mismatching_entry_is_a_miss(tmp_path, monkeypatch) -> None
     assert cache.cached_analysis("mobilenet_v2_140", 32, None, lambda: built.append(1) or a) == a
     assert built == [1]  # the second call was a hit
     (entry,) = (tmp_path / "analysis").glob("*.json")
-    entry.write_text("{not json")
-    assert cache.load(key) is None
+    for garbage in ("{not json", "[1, 2]", '{"kind": "dsa.analysis-cache", "schema_version": 1, "key": 3}'):
+        entry.write_text(garbage)
+        assert cache.load(key) is None
     doc = {"kind": cache.KIND, "schema_version": cache.SCHEMA_VERSION, "key": {**key, "dsa": "0"}, "analysis": {}}
     entry.write_text(json.dumps(doc))
     assert cache.load(key) is None

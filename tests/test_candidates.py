@@ -1,4 +1,4 @@
-"""The planner's decision structure (dsa.candidates): every start-to-end path of every run's DAG is a valid plan
+"""The planner's decision structure (dsa.planner.candidates): every start-to-end path of every run's DAG is a valid plan
 that induces exactly the segments the path claims, and the path's summed edge times are the plan's predicted
 latency (the same number `dsa evaluate` gives)."""
 

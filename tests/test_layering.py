@@ -160,6 +160,8 @@ def test_the_planning_path_never_imports_torch() -> None:
     free = sorted(m for m in graph if m.startswith(TORCH_FREE))
     for m in free:  # no edge out of the torch-free modules, function-level imports included
         assert not {t for t in graph[m] if t.startswith("dsa") and not t.startswith(TORCH_FREE)}, m
+        if m != "dsa.io":  # dsa.io's torch readers import torch inside them, for their torch-only callers
+            assert not graph[m] & {"ext:torch", "ext:torchvision", "ext:timm"}, m
     heavy = "{'torch', 'torchvision', 'timm'}"
     code = f"import sys\nfor m in {free!r}:\n    __import__(m)\nprint(sorted(set(sys.modules) & {heavy}))"
     r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
@@ -247,3 +249,20 @@ def test_op_vocabulary_is_defined_once() -> None:
 
     assert tuple(_ACT_FACTORY) == ADDABLE_ACTIVATIONS and set(ADDABLE_ACTIVATIONS) <= ACTIVATION_TYPES
     assert not ACTIVATION_TYPES & GATE_TYPES
+
+
+def test_no_module_imports_the_package_root() -> None:
+    """``from dsa import X`` hides which module X lives in (and loads the lazy re-exports): inside dsa and the
+    CLI, import from the module that defines it (and inside roofline, from roofline's modules). No relative
+    imports: the graph above reads absolute ones."""
+    mods = _modules()
+    offenders = []
+    for m, path in mods.items():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module in ("dsa", "roofline"):
+                names = [a.name for a in node.names if f"{node.module}.{a.name}" not in mods]  # not submodules
+                if names and (node.module == "dsa" or m.startswith("roofline")):
+                    offenders.append(f"{m}:{node.lineno}")
+            if isinstance(node, ast.ImportFrom) and node.level > 0:
+                offenders.append(f"{m}:{node.lineno} (relative import)")
+    assert offenders == []

@@ -201,7 +201,7 @@ def test_planned_run_merged_accuracy_equals_merge_ready(data: Path, plan_path: P
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         assert torch.allclose(ts(x), loaded.module(x), atol=1e-5)
-    # and dsa.export.load_merged rebuilds the finetuned head too
+    # and dsa.networks.load_merged rebuilds the finetuned head too
     from dsa.networks import load_merged
 
     with torch.no_grad():

@@ -16,7 +16,6 @@ from dsa.commands._common import (
     check_out,
     command,
     emit_json,
-    given_options,
     model_and_analysis,
     one_line_errors,
     out,
@@ -64,7 +63,7 @@ def merge_cmd(
     p, model = plan_and_model(plan, model)
     meta: dict = {}
     if checkpoint is not None and is_training_checkpoint(checkpoint):
-        refuse_together(**given_options(pretrained=pretrained, checkpoint=checkpoint))
+        refuse_together(**{"--pretrained": pretrained, "--checkpoint": checkpoint})
         net, merged, p, meta = merge_training_checkpoint(checkpoint, p, model, plan)
     else:
         net, a = model_and_analysis(model, pretrained, checkpoint, p.input_size)

@@ -78,14 +78,19 @@ def read_importance(path: str | Path, error: type[DsaError] = PlanError) -> Impo
     for name, v in segments.items():
         if not is_cost(v):
             raise error(f"importance {path}: the cost of block {name!r} must be a finite number >= 0, got {v!r}")
+    metadata, seconds = d.get("metadata", {}), d.get("seconds", 0.0)
+    if not isinstance(metadata, dict):
+        raise error(f'importance {path}: "metadata" must be an object, got {type(metadata).__name__}')
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)):
+        raise error(f'importance {path}: "seconds" must be a number, got {seconds!r}')
     return Importance(
         str(d.get("method", "user")),
         str(d.get("model", "")),
         str(d.get("fingerprint", "")),
         {k: float(v) for k, v in d["scores"].items()},
         {k: float(v) for k, v in segments.items()},
-        dict(d.get("metadata", {})),
-        float(d.get("seconds", 0.0)),
+        dict(metadata),
+        float(seconds),
         float(default),
     )
 

@@ -171,6 +171,7 @@ def evaluate(
     device: str | rl.DeviceSpec | None = DEFAULT_DEVICE,
     batch: int = 128,
     precision: str = "fp32",
+    *,
     profile=None,
     bn_folded: bool = True,
     costs: CostModel | None = None,
@@ -178,11 +179,11 @@ def evaluate(
     """Predicted latency and throughput of the original and the planned network.
 
     The kernels of both (:func:`~dsa.latency.ops.planned_ops`) are priced by one :class:`CostModel` -- the one the
-    planner uses: ``costs`` if given, else the roofline of ``device``, or with a matching measured ``profile`` (a
-    :class:`~dsa.formats.profile.Profile` of this model at this batch and precision) its device and calibration,
-    every op or merged segment it measured taking its measured time. Each op records its source. With
-    ``bn_folded``, the network with only its BNs folded (the plan that removes nothing) is priced too: the
-    baseline a plan's speed-up must beat to be a gain."""
+    planner uses: ``costs`` if given (it fixes device, batch and precision), else the roofline of ``device``, or
+    with a matching measured ``profile`` (a :class:`~dsa.formats.profile.Profile` of this model at this batch and
+    precision) its device and calibration, every op or merged segment it measured taking its measured time. Each
+    op records its source. With ``bn_folded``, the network with only its BNs folded (the plan that removes
+    nothing) is priced too: the baseline a plan's speed-up must beat to be a gain."""
     costs = costs if costs is not None else cost_model(a, device, batch, precision, profile)
     spec, batch, precision = costs.device, costs.batch, costs.precision
 

@@ -56,10 +56,10 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed_run(fn: Callable[[], object], device: torch.device, iters: int = 1) -> float:
-    """Milliseconds of ``iters`` calls of ``fn``: CUDA events around them on a GPU (the device's time), else
-    ``perf_counter`` after a sync."""
-    if device.type == "cuda":
+def timed_run(fn: Callable[[], object], device: torch.device, iters: int = 1, wall: bool = False) -> float:
+    """Milliseconds of ``iters`` calls of ``fn``: CUDA events around them on a GPU (the device's time), else (and
+    with ``wall``: what a caller waits, launches included) ``perf_counter`` between syncs."""
+    if device.type == "cuda" and not wall:
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         sync(device)
         start.record()
@@ -68,9 +68,11 @@ def timed_run(fn: Callable[[], object], device: torch.device, iters: int = 1) ->
         end.record()
         torch.cuda.synchronize(device)
         return start.elapsed_time(end)
+    sync(device)
     t0 = time.perf_counter()
     for _ in range(iters):
         fn()
+    sync(device)
     return (time.perf_counter() - t0) * 1e3
 
 
@@ -116,7 +118,7 @@ def measure(
             sync(dev)
         for r in range(repeats):
             for name, m in prepared.items():
-                ms = timed_run(lambda m=m: m(x), dev, iters)
+                ms = timed_run(lambda m=m: m(x), dev, iters, wall=True)  # throughput: wall time, as before
                 runs[name].append(batch_size * iters / (ms / 1e3))
                 if progress:
                     progress(name, r)

@@ -1,7 +1,7 @@
 """The planner's decision structure: for every linear run of a network, a DAG whose paths are its valid plans.
 
 Remove every removable activation: the linear elements (linear ops, and residual units; see
-:mod:`dsa.graph`) chain into maximal **runs**. Inside a run, the elements other than activations are
+:mod:`dsa.ir`) chain into maximal **runs**. Inside a run, the elements other than activations are
 ``u_0 .. u_{m-1}``; the **junctions** ``J_0 .. J_m`` lie between them (``J_0`` before the first, ``J_m`` after
 the last) and hold the activation sites that sit there (usually none or one). A plan of the run is a path
 from ``J_0`` to ``J_m``:

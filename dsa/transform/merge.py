@@ -273,7 +273,8 @@ def apply_plan(model: nn.Module, plan: Plan, analysis: Analysis | None = None) -
     are padded to match), so that the network merges exactly. ``model`` is not modified."""
     if merge_ready_record(model) is not None:
         raise MergeError("this model is already merge-ready; apply_plan takes the original network")
-    analysis = analysis or analyze(model, plan.model, plan.input_size)
+    if analysis is None or analysis.graph_module is None:  # a cached analysis has no traced graph to copy
+        analysis = analyze(model, plan.model, plan.input_size)
     plan.check(analysis)
     gm = copy.deepcopy(analysis.graph_module)
     gm.eval()
