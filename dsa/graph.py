@@ -484,5 +484,3 @@ def analyze(model: nn.Module, model_name: str = "", input_size: int = 224, *, st
         per_block[op.block] = pos + 1
         sites.append(ActivationSite(op.name, op.module_type, op.block, len(sites), pos, not reason, reason))
     return Analysis(model_name or type(model).__name__, input_size, ops, sites, findings, _fingerprint(ops), gm)
-
-

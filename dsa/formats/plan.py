@@ -324,4 +324,3 @@ def keep_list_plan(
         except ValueError as e:
             raise PlanError(f"--act-list must be comma-separated 0/1 values, got {act_list!r}") from e
     return plan_from_act_list(analysis, keep)
-

@@ -574,4 +574,3 @@ def solve_plan(
     if max_accuracy_cost is not None:
         return planner.fastest(max_accuracy_cost)
     return planner.for_target(target_latency_ms, target_throughput, target_speedup)
-
