@@ -39,14 +39,8 @@ def to_torchscript(model: nn.Module, example: torch.Tensor, path: str | Path, pl
     return how
 
 
-def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = 17) -> float:
-    """Export ONNX (batch dimension dynamic), check it with onnx.checker and compare onnxruntime's output with
-    the model's; returns that max relative error (raises ExportError above 1e-4)."""
-    try:
-        import onnx
-        import onnxruntime as ort
-    except ImportError as e:
-        raise ExportError(f"ONNX export needs onnx and onnxruntime: pip install onnx onnxruntime ({e})") from e
+def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = 17) -> bytes:
+    """The ONNX export of ``model`` (legacy exporter, batch dimension dynamic), in memory."""
     model = model.eval()
     buf = io.BytesIO()
     try:
@@ -62,7 +56,19 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: in
         )
     except Exception as e:
         raise ExportError(f"ONNX export failed: {type(e).__name__}: {str(e).splitlines()[0]}") from e
-    data = buf.getvalue()
+    return buf.getvalue()
+
+
+def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = 17) -> float:
+    """Export ONNX (batch dimension dynamic), check it with onnx.checker and compare onnxruntime's output with
+    the model's; returns that max relative error (raises ExportError above 1e-4)."""
+    try:
+        import onnx
+        import onnxruntime as ort
+    except ImportError as e:
+        raise ExportError(f"ONNX export needs onnx and onnxruntime: pip install onnx onnxruntime ({e})") from e
+    model = model.eval()
+    data = onnx_bytes(model, example, opset)
     proto = onnx.load_from_string(data)
     try:
         onnx.checker.check_model(proto)

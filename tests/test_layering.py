@@ -31,6 +31,7 @@ LAYERS: list[set[str]] = [
     {"dsa.planner.pareto"},
     {"dsa.planner.plot"},
     {"dsa.planner"},  # its lazy re-exports
+    {"dsa.measure.runtimes"},  # measure
     {"dsa.measure", "dsa.measure.timing"},
     {"dsa.measure.profiler"},
     {"dsa.measure.calibrate"},

@@ -40,6 +40,13 @@ from dsa.vocab import DEFAULT_MODEL
 @one_line_errors
 def bench_cmd(
     plan: Annotated[Path | None, typer.Option(help="Also time the network merged by this plan.")] = None,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="eager (default), compile (torch.compile, inductor), onnxruntime or openvino (CPU, via ONNX).",
+        ),
+    ] = "eager",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
     device: DeviceOpt = "auto",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
@@ -57,11 +64,16 @@ def bench_cmd(
     import torch
     from rich.progress import Progress
 
+    from dsa.errors import DsaError
+    from dsa.measure.runtimes import check_runtime, runtime_info
     from dsa.measure.timing import measure, resolve_device
     from dsa.models import create_model
     from dsa.models import input_size as default_size
     from dsa.transform.merge import bn_folded_network, merge
 
+    check_runtime(runtime)
+    if channels_last and runtime not in ("eager", "compile"):
+        raise DsaError(f"--channels-last applies to eager and compile; {runtime} chooses its own layout")
     device = resolve_device(device)
     p = None
     if plan is not None:
@@ -78,11 +90,21 @@ def bench_cmd(
     with Progress(console=err, transient=True) as bar:
         task = bar.add_task("timing", total=repeats * len(models))
         res = measure(
-            models, batch_size, size, device, channels_last, warmup, repeats, progress=lambda *_: bar.advance(task)
+            models,
+            batch_size,
+            size,
+            device,
+            channels_last,
+            warmup,
+            repeats,
+            progress=lambda *_: bar.advance(task),
+            runtime=runtime,
+            threads=threads,
         )
     orig = res["original"].images_per_s
     result = {
         "model": model,
+        "runtime": runtime_info(runtime, threads).to_json(),
         "batch_size": batch_size,
         "input_size": size,
         "device": device,
@@ -108,8 +130,8 @@ def bench_cmd(
         "IQR",
         "ms/batch",
         "vs original",
-        title=f"{model}, batch {batch_size}, {size} px, {result['layout']}, {device}, {result['threads']} threads, "
-        f"median of {repeats} interleaved runs",
+        title=f"{model} under {runtime} {result['runtime']['version']}, batch {batch_size}, {size} px, "
+        f"{result['layout']}, {device}, {result['threads']} threads, median of {repeats} interleaved runs",
     )
     names = {"original": "original", "bn_folded": "BN folded only", "merged": "merged"}
     for k, v in res.items():

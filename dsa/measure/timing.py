@@ -103,13 +103,24 @@ def measure(
     iters: int = 1,
     dtype: torch.dtype = torch.float32,
     progress: Callable[[str, int], None] | None = None,
+    runtime: str = "eager",
+    threads: int | None = None,
 ) -> dict[str, Timing]:
     """Time each model on the same input, round-robin (model A run 1, model B run 1, A run 2, ...), so that
-    machine noise hits all models alike. Returns the median and spread of images/s per model."""
+    machine noise hits all models alike, under ``runtime`` (:mod:`dsa.measure.runtimes`: each model is prepared
+    for it and checked against eager first). Returns the median and spread of images/s per model."""
+    from dsa.errors import DsaError
+    from dsa.measure.runtimes import prepare
+
+    if channels_last and runtime not in ("eager", "compile"):
+        raise DsaError(f"--channels-last applies to eager and compile; {runtime} chooses its own layout")
     dev = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch_size, 3, input_size, input_size, dtype=dtype).to(dev, memory_format=fmt)
-    prepared = {name: m.eval().to(dev, dtype=dtype, memory_format=fmt) for name, m in models.items()}
+    prepared = {
+        name: prepare(runtime, m.eval().to(dev, dtype=dtype, memory_format=fmt), x, threads)
+        for name, m in models.items()
+    }
     runs: dict[str, list[float]] = {name: [] for name in prepared}
     with torch.inference_mode():
         for m in prepared.values():

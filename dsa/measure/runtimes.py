@@ -1,0 +1,131 @@
+"""The runtimes a network is deployed with, as callables to time: eager PyTorch, ``torch.compile`` (inductor),
+ONNX Runtime (all graph optimizations) and OpenVINO (CPU plugin). ONNX Runtime and OpenVINO run the network's
+ONNX export (:func:`dsa.export.onnx_bytes`), so what they fuse (BN folding, conv + activation + add) is what is
+measured. Runtimes are optional: one that is not installed is refused with the extra to install.
+
+Each :func:`prepare` d network is checked against the eager network on the example input before it is timed: a
+runtime that computes something else is never measured.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+
+import torch
+from torch import nn
+
+from dsa.errors import DsaError
+
+RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
+DEFAULT_RUNTIME = "eager"
+_PACKAGES = {"eager": "torch", "compile": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
+_EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+#: relative error a runtime may show against eager float32 (fused kernels reorder sums)
+TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A runtime and how it was set up (recorded with every measurement)."""
+
+    name: str
+    version: str
+    options: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"name": self.name, "version": self.version, **self.options}
+
+
+def check_runtime(name: str) -> str:
+    """``name`` if dsa knows it and it is installed; else a :class:`DsaError` saying what to do."""
+    if name not in RUNTIMES:
+        raise DsaError(f"unknown --runtime {name!r}; choose one of {', '.join(RUNTIMES)}")
+    try:
+        metadata.version(_PACKAGES[name])
+    except metadata.PackageNotFoundError as e:
+        raise DsaError(
+            f"--runtime {name} needs the {_PACKAGES[name]} package: pip install 'dsa[{_EXTRAS[name]}]'"
+        ) from e
+    return name
+
+
+def runtime_info(name: str, threads: int | None = None) -> Runtime:
+    options: dict = {"threads": threads if threads is not None else torch.get_num_threads()}
+    if name == "compile":
+        options["backend"] = "inductor"
+    elif name == "onnxruntime":
+        options["graph_optimization_level"] = "ORT_ENABLE_ALL"
+    elif name == "openvino":
+        options |= {"device": "CPU", "inference_precision": "f32"}
+    return Runtime(name, metadata.version(_PACKAGES[name]), options)
+
+
+def _ort(model: nn.Module, example: torch.Tensor, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    import onnxruntime as ort
+
+    from dsa.export import onnx_bytes
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    session = ort.InferenceSession(onnx_bytes(model, example), opts, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
+
+    return run
+
+
+def _openvino(model: nn.Module, example: torch.Tensor, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    import openvino as ov
+
+    from dsa.export import onnx_bytes
+
+    core = ov.Core()
+    with tempfile.TemporaryDirectory(prefix="dsa-ov-") as d:
+        path = os.path.join(d, "model.onnx")
+        with open(path, "wb") as f:
+            f.write(onnx_bytes(model, example))
+        ov_model = core.read_model(path)
+    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}  # no silent bf16/fp16
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
+    compiled = core.compile_model(ov_model, "CPU", config)
+    request = compiled.create_infer_request()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(request.infer({0: x.numpy()})[0].copy())
+
+    return run
+
+
+def prepare(
+    name: str, model: nn.Module, example: torch.Tensor, threads: int | None = None
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``model`` (eval mode, CPU float32 for ONNX Runtime and OpenVINO) as it runs under runtime ``name``: a
+    callable from an input batch to the output, checked against the eager model on ``example``."""
+    check_runtime(name)
+    model = model.eval()
+    if name in ("onnxruntime", "openvino") and (example.device.type != "cpu" or example.dtype != torch.float32):
+        raise DsaError(f"--runtime {name} runs on the CPU in float32 here; use --device cpu")
+    if name == "eager":
+        run = model
+    elif name == "compile":
+        run = torch.compile(model, backend="inductor")
+    elif name == "onnxruntime":
+        run = _ort(model, example, threads)
+    else:
+        run = _openvino(model, example, threads)
+    with torch.inference_mode():
+        ref, got = model(example), run(example)
+    err = float((got.float() - ref.float()).abs().max() / ref.float().abs().max().clamp_min(1e-30))
+    if not err <= TOLERANCE:
+        raise DsaError(f"{name} computes something else than the eager network (max relative error {err:.3g})")
+    return run
