@@ -83,3 +83,19 @@ def test_cli_bench_under_a_runtime(tmp_path) -> None:
     user_error(
         dsa("bench", *TINY, "--runtime", "openvino", "--channels-last", *args), "--channels-last applies to eager"
     )
+
+
+@pytest.mark.parametrize("name", ["onnxruntime", "openvino"])
+def test_node_times_come_from_the_runtime_s_profiler(nets, name) -> None:
+    """The runtime's own per-node times: its executed (fused) nodes, with convolutions among them; the merged
+    network runs fewer nodes than the original."""
+    x = torch.randn(2, 3, 32, 32)
+    counts = {}
+    for label, net in nets.items():
+        times = runtimes.node_times(name, net, x, repeats=3, threads=1)
+        assert times and all(t.median_ms >= 0 for t in times)
+        assert any("conv" in t.op_type.lower() for t in times), [t.op_type for t in times]
+        counts[label] = len(times)
+    assert counts["merged"] < counts["original"]
+    with pytest.raises(DsaError, match="per-node times come from"):
+        runtimes.node_times("eager", nets["original"], x)

@@ -129,3 +129,75 @@ def prepare(
     if not err <= TOLERANCE:
         raise DsaError(f"{name} computes something else than the eager network (max relative error {err:.3g})")
     return run
+
+
+@dataclass(frozen=True)
+class NodeTime:
+    """One node of the runtime's executed graph (after its own fusions), as its profiler reports it."""
+
+    name: str  # the runtime's node name (ONNX names carry the module path: /features/features.3/conv/conv.0/Conv)
+    op_type: str  # e.g. Conv, FusedConv, Convolution, Add, GlobalAveragePool
+    median_ms: float
+
+
+def _median(values: list[float]) -> float:
+    values = sorted(values)
+    n = len(values)
+    return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
+
+
+def node_times(name: str, model: nn.Module, example: torch.Tensor, repeats: int = 5, threads: int | None = None):
+    """Per-node times of ``model`` under ONNX Runtime (its session profiler) or OpenVINO (its performance
+    counters), median over ``repeats`` runs after one warm-up: what the runtime runs after fusing, node by node."""
+    import json
+
+    from dsa.export import onnx_bytes
+
+    check_runtime(name)
+    if name not in ("onnxruntime", "openvino"):
+        raise DsaError(f"per-node times come from ONNX Runtime's or OpenVINO's profiler, not {name}'s")
+    x = example.numpy()
+    samples: dict[tuple[str, str], list[float]] = {}
+    if name == "onnxruntime":
+        import onnxruntime as ort
+
+        with tempfile.TemporaryDirectory(prefix="dsa-ort-") as d:
+            opts = ort.SessionOptions()
+            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts.enable_profiling = True
+            opts.profile_file_prefix = os.path.join(d, "profile")
+            opts.log_severity_level = 3
+            if threads is not None:
+                opts.intra_op_num_threads = threads
+            session = ort.InferenceSession(onnx_bytes(model.eval(), example), opts, providers=["CPUExecutionProvider"])
+            for _ in range(repeats + 1):
+                session.run(None, {"input": x})
+            with open(session.end_profiling()) as f:
+                events = json.load(f)
+        runs: dict[tuple[str, str], list[float]] = {}
+        for ev in events:
+            if ev.get("cat") == "Node" and ev.get("name", "").endswith("_kernel_time"):
+                key = (ev["name"].removesuffix("_kernel_time"), ev.get("args", {}).get("op_name", ""))
+                runs.setdefault(key, []).append(ev["dur"] / 1e3)
+        samples = {k: v[1:] or v for k, v in runs.items()}  # the first run is the warm-up
+    else:
+        import openvino as ov
+
+        core = ov.Core()
+        with tempfile.TemporaryDirectory(prefix="dsa-ov-") as d:
+            path = os.path.join(d, "model.onnx")
+            with open(path, "wb") as f:
+                f.write(onnx_bytes(model.eval(), example))
+            ov_model = core.read_model(path)
+        config = {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": "f32"}
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        request = core.compile_model(ov_model, "CPU", config).create_infer_request()
+        request.infer({0: x})
+        for _ in range(repeats):
+            request.infer({0: x})
+            for info in request.get_profiling_info():
+                if info.status == ov.ProfilingInfo.Status.EXECUTED:
+                    key = (info.node_name, info.node_type)
+                    samples.setdefault(key, []).append(info.real_time.total_seconds() * 1e3)
+    return [NodeTime(n, t, _median(v)) for (n, t), v in samples.items()]
