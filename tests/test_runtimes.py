@@ -99,3 +99,51 @@ def test_node_times_come_from_the_runtime_s_profiler(nets, name) -> None:
     assert counts["merged"] < counts["original"]
     with pytest.raises(DsaError, match="per-node times come from"):
         runtimes.node_times("eager", nets["original"], x)
+
+
+def _profile_doc(a, **extra) -> dict:
+    import roofline as rl
+    from dsa.formats.profile import SCHEMA_VERSION
+
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "kind": "dsa.profile",
+        "model": a.model_name,
+        "fingerprint": a.fingerprint,
+        "input_size": a.input_size,
+        "batch_size": 8,
+        "precision": "fp32",
+        "layout": "nchw",
+        "environment": {},
+        "device_spec": rl.load_device("v100").to_dict(),
+        "ops": {},
+        "segments": {},
+        "end_to_end": {},
+        **extra,
+    }
+
+
+def test_profiles_record_their_runtime_and_never_price_another(tmp_path) -> None:
+    from dsa.errors import ArtifactError
+    from dsa.formats.profile import profile_from_json
+    from dsa.latency.evaluate import evaluate
+    from dsa.latency.resolve import resolve
+
+    a = analyze(tm.tiny_mbv2().eval(), "tiny", 32)
+    old = profile_from_json(_profile_doc(a))  # written before runtimes were recorded: eager
+    assert old.runtime_name == "eager" and old.to_json()["runtime"] == {"name": "eager"}
+    ov = profile_from_json(_profile_doc(a, runtime={"name": "openvino", "version": "2026.4.1"}))
+    assert profile_from_json(json.loads(json.dumps(ov.to_json()))).runtime == ov.runtime
+    with pytest.raises(ArtifactError, match="field 'runtime' is openvino, but eager was asked for"):
+        resolve(a, profile=ov, runtime="eager")
+    with pytest.raises(ArtifactError, match="field 'runtime' is eager, but onnxruntime was asked for"):
+        old.check_for(a, runtime="onnxruntime")
+    with pytest.raises(ArtifactError, match="field 'runtime' must be an object"):
+        profile_from_json(_profile_doc(a, runtime={"name": "tvm"}))
+    pricing = resolve(a, profile=ov, runtime="openvino")
+    ev = evaluate(a, plan_from_act_list(a, [1, 0, 0, 1, 1]), batch=8, profile=pricing.profile)
+    assert ev.prediction()["runtime"] == "openvino" and ev.to_json()["runtime"] == "openvino"
+    with pytest.raises(ArtifactError, match="taken under onnxruntime, and the roofline models eager PyTorch"):
+        resolve(a, gpu="v100", runtime="onnxruntime", profiles_dir=tmp_path)
+    assert resolve(a, gpu="v100", profiles_dir=tmp_path).runtime == "eager"
+    assert evaluate(a, plan_from_act_list(a, [1, 0, 0, 1, 1]), "v100").prediction()["runtime"] == "eager"

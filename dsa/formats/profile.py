@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +29,7 @@ import roofline as rl
 from dsa.errors import ArtifactError
 from dsa.io import atomic_write_json, read_json
 from dsa.ir import Analysis
-from dsa.vocab import LAYOUTS, PRECISIONS
+from dsa.vocab import DEFAULT_RUNTIME, LAYOUTS, PRECISIONS, RUNTIMES
 
 SCHEMA_VERSION = 1
 
@@ -73,7 +73,12 @@ class Profile:
     repeats: int = 0
     complete: bool = True
     calibration: dict | None = None
+    runtime: dict = field(default_factory=lambda: {"name": DEFAULT_RUNTIME})  # {"name", "version", options...}
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def runtime_name(self) -> str:
+        return self.runtime.get("name", DEFAULT_RUNTIME)
 
     @property
     def device_name(self) -> str:
@@ -98,6 +103,7 @@ class Profile:
             "batch_size": self.batch_size,
             "precision": self.precision,
             "layout": self.layout,
+            "runtime": self.runtime,
             "warmup": self.warmup,
             "repeats": self.repeats,
             "complete": self.complete,
@@ -120,6 +126,7 @@ class Profile:
         *,
         allow_incomplete: bool = False,
         path: str | Path = "",
+        runtime: str | None = None,
     ) -> None:
         """Refuse (one line naming the field) a profile that does not fit what it is about to price: another
         network (fingerprint) or input size, another batch or precision, or an interrupted measurement
@@ -144,6 +151,11 @@ class Profile:
             raise ArtifactError(
                 f"{where}: field 'precision' is {self.precision}, but {precision} was asked for; leave out "
                 f"--precision or profile at {precision}"
+            )
+        if runtime is not None and runtime != self.runtime_name:
+            raise ArtifactError(
+                f"{where}: field 'runtime' is {self.runtime_name}, but {runtime} was asked for: times measured under "
+                f"one runtime never price another; use a profile taken under {runtime}, or ask for {self.runtime_name}"
             )
         if not self.complete and not allow_incomplete:
             raise ArtifactError(
@@ -227,6 +239,10 @@ def profile_from_json(d: Any, path: str = "<memory>") -> Profile:
         raise ArtifactError(f"profile {path}: field 'precision' is {d['precision']!r}")
     if d["layout"] not in LAYOUTS:
         raise ArtifactError(f"profile {path}: field 'layout' is {d['layout']!r}, expected 'nchw' or 'channels_last'")
+    runtime = d.get("runtime", {"name": DEFAULT_RUNTIME})  # profiles before runtimes were recorded: eager
+    if not isinstance(runtime, dict) or runtime.get("name") not in RUNTIMES:
+        names = ", ".join(RUNTIMES)
+        raise ArtifactError(f"profile {path}: field 'runtime' must be an object whose 'name' is one of {names}")
     for key in ("warmup", "repeats"):
         v = d.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
@@ -262,6 +278,7 @@ def profile_from_json(d: Any, path: str = "<memory>") -> Profile:
         repeats=int(d.get("repeats", 0)),
         complete=bool(d.get("complete", True)),
         calibration=d.get("calibration"),
+        runtime=dict(runtime),
     )
 
 
@@ -293,13 +310,15 @@ def find_profile(
     layout: str | None = None,
     input_size: int | None = None,
     allow_incomplete: bool = False,
+    runtime: str = DEFAULT_RUNTIME,
 ) -> tuple[Profile, Path] | None:
-    """A complete profile under ``directory/<device>/`` matching the model, batch and precision (and layout,
-    input size). An interrupted (incomplete) one is used only with ``allow_incomplete``; when it is the only
+    """A complete profile under ``directory/<device>/`` matching the model, batch, precision and runtime (and
+    layout, input size). An interrupted (incomplete) one is used only with ``allow_incomplete``; when it is the only
     match, that is an error rather than a silent fall-back to the roofline."""
     found, incomplete = [], []
     for p, path in device_profiles(directory, device):
-        if p.matches(fingerprint, batch_size, precision, input_size) and (layout is None or p.layout == layout):
+        same = p.matches(fingerprint, batch_size, precision, input_size) and p.runtime_name == runtime
+        if same and (layout is None or p.layout == layout):
             if p.device_name != device:
                 raise ArtifactError(
                     f"profile {path}: field 'device_spec.name' is {p.device_name!r}, but the file lies under "

@@ -20,6 +20,7 @@ class CostModel(Protocol):
     device: rl.DeviceSpec
     batch: int
     precision: str
+    runtime: str  # what the times are of: "eager", or a profile's runtime
 
     @property
     def source(self) -> str:
@@ -65,6 +66,8 @@ class RooflineCosts:
         self.calibration = calibration
         self._op_cache: dict[str, float] = {}
 
+    runtime = "eager"  # the roofline's kernels are eager PyTorch's (one per op)
+
     @property
     def source(self) -> str:
         return f"roofline ({'calibrated' if self.calibration else 'datasheet, uncalibrated'})"
@@ -100,6 +103,7 @@ class ProfileCosts(RooflineCosts):
         profile.check_for(analysis, batch, precision, allow_incomplete=True)
         super().__init__(analysis, profile.device(), profile.batch_size, profile.precision)
         self.profile = profile
+        self.runtime = profile.runtime_name
 
     @property
     def source(self) -> str:

@@ -28,6 +28,7 @@ class Evaluation:
     baseline_sources: tuple[str, ...] = ()  # per op: "measured" or "roofline"
     planned_sources: tuple[str, ...] = ()
     bn_folded: rl.NetworkTime | None = None  # the original with only its BNs folded
+    runtime: str = "eager"  # what the times are of
 
     @property
     def speedup(self) -> float:
@@ -60,6 +61,7 @@ class Evaluation:
             self.baseline.latency_ms,
             self.planned.latency_ms,
             None if self.bn_folded is None else self.bn_folded.latency_ms,
+            self.runtime,
         )
 
     def segment_rows(self) -> list[dict]:
@@ -103,6 +105,7 @@ class Evaluation:
     def to_json(self) -> dict:
         return {
             "device": self.device,
+            "runtime": self.runtime,
             "precision": self.precision,
             "batch_size": self.batch,
             "source": self.source,
@@ -127,12 +130,14 @@ def prediction_record(
     baseline_ms: float,
     planned_ms: float,
     bn_folded_ms: float | None,
+    runtime: str = "eager",
 ) -> dict:
     """The ``prediction`` a plan carries in its metadata (also for plans made from keep lists): the original,
     the planned network and the original with only its BNs folded, so that no speed-up is read against an
     unfolded baseline."""
     return {
         "device": device,
+        "runtime": runtime,
         "precision": precision,
         "batch_size": batch,
         "source": source,
@@ -210,6 +215,7 @@ def evaluate(
         tuple(src for _, src in b),
         tuple(src for _, src in q),
         folded,
+        costs.runtime,
     )
 
 

@@ -14,7 +14,7 @@ from dsa.formats.profile import Profile, device_profiles, find_profile
 from dsa.ir import Analysis
 from dsa.latency.costs import CostModel
 from dsa.latency.evaluate import activation_savings, cost_model
-from dsa.vocab import DEFAULT_DEVICE
+from dsa.vocab import DEFAULT_DEVICE, DEFAULT_RUNTIME
 
 PROFILES_DIR = Path("profiles")
 DEFAULT_BATCH = 128
@@ -31,6 +31,7 @@ class Pricing:
     profile: Profile | None
     notes: tuple[str, ...] = ()  # "using the measured profile ..."
     warnings: tuple[str, ...] = ()  # "the profile ... is incomplete ..."
+    runtime: str = DEFAULT_RUNTIME
 
     def costs(self, a: Analysis) -> CostModel:
         return cost_model(a, self.device, self.batch, self.precision, self.profile)
@@ -56,7 +57,7 @@ def measured_device(gpu: str, profiles_dir: Path = PROFILES_DIR) -> str:
         return gpu
 
 
-def _find(a: Analysis, gpu: str, batch: int, precision: str, allow_incomplete: bool, profiles_dir: Path):
+def _find(a: Analysis, gpu: str, batch: int, precision: str, allow_incomplete: bool, profiles_dir: Path, runtime: str):
     device = measured_device(gpu, profiles_dir)
     found = find_profile(
         profiles_dir,
@@ -66,6 +67,7 @@ def _find(a: Analysis, gpu: str, batch: int, precision: str, allow_incomplete: b
         precision,
         input_size=a.input_size,
         allow_incomplete=allow_incomplete,
+        runtime=runtime,
     )
     if found is None and device == gpu and not Path(gpu).exists() and gpu not in {d.name for d in rl.list_devices()}:
         raise rl.RooflineError(
@@ -85,21 +87,30 @@ def resolve(
     precision: str | None = None,
     allow_incomplete: bool = False,
     profiles_dir: str | Path = PROFILES_DIR,
+    runtime: str = DEFAULT_RUNTIME,
 ) -> Pricing:
-    """With ``profile``: it must fit ``a`` (and ``batch`` / ``precision`` when given), and sets them. Else on
-    ``gpu`` (default v100) at ``batch`` (128) and ``precision`` (fp32), with a matching measured profile of
-    ``profiles_dir/<device>/`` where there is one."""
+    """With ``profile``: it must fit ``a`` (and ``batch`` / ``precision`` when given) and ``runtime``, and sets
+    them. Else on ``gpu`` (default v100) at ``batch`` (128) and ``precision`` (fp32), with a matching measured
+    profile of ``profiles_dir/<device>/`` taken under ``runtime`` where there is one. The roofline models eager
+    kernels: another runtime needs a profile taken under it."""
     if profile is not None:
-        profile.check_for(a, batch, precision, allow_incomplete=allow_incomplete, path=profile_path)
+        profile.check_for(a, batch, precision, allow_incomplete=allow_incomplete, path=profile_path, runtime=runtime)
         warnings = incomplete_note(profile, profile_path)
-        return Pricing(profile.device_name, profile.batch_size, profile.precision, profile, (), warnings)
+        return Pricing(profile.device_name, profile.batch_size, profile.precision, profile, (), warnings, runtime)
     gpu = gpu or DEFAULT_DEVICE
     batch, precision = batch or DEFAULT_BATCH, precision or DEFAULT_PRECISION
-    found = _find(a, gpu, batch, precision, allow_incomplete, Path(profiles_dir))
+    found = _find(a, gpu, batch, precision, allow_incomplete, Path(profiles_dir), runtime)
     if found is None:
-        return Pricing(gpu, batch, precision, None)
+        if runtime != DEFAULT_RUNTIME:
+            raise ArtifactError(
+                f"no profile under {profiles_dir}/ of {a.model_name} at {a.input_size} px, batch {batch}, {precision} "
+                f"was taken under {runtime}, and the roofline models eager PyTorch: give a profile taken under "
+                f"{runtime}, or price for eager"
+            )
+        return Pricing(gpu, batch, precision, None, runtime=runtime)
     prof, path = found
-    return Pricing(gpu, batch, precision, prof, (f"using the measured profile {path}",), incomplete_note(prof, path))
+    notes = (f"using the measured profile {path}",)
+    return Pricing(gpu, batch, precision, prof, notes, incomplete_note(prof, path), runtime)
 
 
 def savings(

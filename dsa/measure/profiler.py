@@ -234,4 +234,5 @@ def profile_model(
         warmup=warmup,
         repeats=repeats,
         complete=complete,
+        runtime={"name": "eager", "version": torch.__version__},  # torch.profiler times eager kernels
     )

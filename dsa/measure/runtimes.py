@@ -19,9 +19,8 @@ import torch
 from torch import nn
 
 from dsa.errors import DsaError
+from dsa.vocab import RUNTIMES  # noqa: E402 -- re-exported: dsa.measure.runtimes.RUNTIMES
 
-RUNTIMES = ("eager", "compile", "onnxruntime", "openvino")
-DEFAULT_RUNTIME = "eager"
 _PACKAGES = {"eager": "torch", "compile": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 _EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 #: relative error a runtime may show against eager float32 (fused kernels reorder sums)

@@ -96,6 +96,7 @@ class PlanResult:
     act_list: tuple[int, ...] | None = None  # block granularity: DepthShrinker's keep list
     act_list_exact: bool | None = None  # whether importing that keep list gives exactly these segments
     bn_folded_ms: float | None = None  # the original with only its BNs folded (nothing removed)
+    runtime: str = "eager"  # what the times are of
 
     @property
     def baseline_throughput(self) -> float:
@@ -111,7 +112,14 @@ class PlanResult:
 
     def prediction(self) -> dict:
         return prediction_record(
-            self.device, self.precision, self.batch, self.source, self.baseline_ms, self.planned_ms, self.bn_folded_ms
+            self.device,
+            self.precision,
+            self.batch,
+            self.source,
+            self.baseline_ms,
+            self.planned_ms,
+            self.bn_folded_ms,
+            self.runtime,
         )
 
 
@@ -470,6 +478,7 @@ class Planner:
             act_list=act_list,
             act_list_exact=act_list_exact,
             bn_folded_ms=plan_ms(a, bn_folded_plan(a), self.costs),
+            runtime=getattr(self.costs, "runtime", "eager"),
         )
         meta = {
             "prediction": result.prediction(),
