@@ -3,8 +3,8 @@ ONNX Runtime (all graph optimizations) and OpenVINO (CPU plugin). ONNX Runtime a
 ONNX export (:func:`dsa.export.onnx_bytes`), so what they fuse (BN folding, conv + activation + add) is what is
 measured. Runtimes are optional: one that is not installed is refused with the extra to install.
 
-Each :func:`prepare` d network is checked against the eager network on the example input before it is timed: a
-runtime that computes something else is never measured.
+Every network :func:`prepare` returns was checked against the eager network on the example input: a runtime
+that computes something else is never measured. :func:`node_times` reads each runtime's own profiler.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dsa.errors import DsaError
-from dsa.vocab import RUNTIMES  # noqa: E402 -- re-exported: dsa.measure.runtimes.RUNTIMES
+from dsa.vocab import RUNTIMES  # the names, defined once
 
 _PACKAGES = {"eager": "torch", "compile": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 _EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
