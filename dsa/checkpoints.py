@@ -33,6 +33,16 @@ def kind_of(obj: Any) -> str | None:
     return obj.get("kind") if isinstance(obj, dict) else None
 
 
+def _of_kind(path: Path, obj: Any, kind: str, version: int, what: str) -> dict:
+    """``obj`` (read from ``path`` when None) if it is a ``kind`` checkpoint of schema ``version``."""
+    if obj is None:
+        obj = read_checkpoint(path, what, ArtifactError)
+    if kind_of(obj) != kind:
+        raise ArtifactError(f"{path} is not a dsa {what} (field 'kind')")
+    _check_version(obj, path, version)
+    return obj
+
+
 def _check_version(obj: dict, path: Path, expected: int) -> None:
     if obj.get("schema_version") != expected:
         raise ArtifactError(
@@ -97,11 +107,7 @@ def save_merged(model: nn.Module, plan: Plan, path: str | Path, **metadata) -> N
 def read_merged(path: str | Path, obj: Any = None) -> tuple[Plan, dict, dict]:
     """(plan, state_dict, metadata) of a merged checkpoint, validated (``obj``: the file's content, if read)."""
     path = Path(path)
-    if obj is None:
-        obj = read_checkpoint(path, "merged checkpoint", ArtifactError)
-    if kind_of(obj) != MERGED_KIND:
-        raise ArtifactError(f"{path} is not a dsa merged checkpoint (field 'kind')")
-    _check_version(obj, path, MERGED_SCHEMA_VERSION)
+    obj = _of_kind(path, obj, MERGED_KIND, MERGED_SCHEMA_VERSION, "merged checkpoint")
     return plan_from_json(obj["plan"], str(path)), obj["state_dict"], dict(obj.get("metadata") or {})
 
 
@@ -112,10 +118,4 @@ def training_checkpoint(**fields: Any) -> dict:
 
 def load_training_checkpoint(path: str | Path, obj: Any = None) -> dict:
     """Read and validate a `dsa train` checkpoint (``kind`` ``dsa.train``)."""
-    path = Path(path)
-    if obj is None:
-        obj = read_checkpoint(path, "training checkpoint", ArtifactError)
-    if kind_of(obj) != TRAINING_KIND:
-        raise ArtifactError(f"{path} is not a dsa training checkpoint (field 'kind')")
-    _check_version(obj, path, TRAINING_SCHEMA_VERSION)
-    return obj
+    return _of_kind(Path(path), obj, TRAINING_KIND, TRAINING_SCHEMA_VERSION, "training checkpoint")

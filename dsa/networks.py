@@ -22,7 +22,7 @@ from dsa.checkpoints import (
     state_dict_of,
 )
 from dsa.errors import ArtifactError, DsaError, ModelError, PlanError
-from dsa.formats.plan import Plan, load_plan, make_plan
+from dsa.formats.plan import Plan, load_plan, make_plan, plan_from_json
 from dsa.models import classifier_head, create_model, input_size, replace_head
 
 
@@ -83,8 +83,6 @@ def load_for_eval(
         name = cfg["model"]
         if model is not None and model != name:
             raise ModelError(f"{path} was trained as --model {name}, not {model}")
-        from dsa.formats.plan import plan_from_json
-
         p = plan_from_json(ckpt["plan"], str(path)) if ckpt.get("plan") else None
         if plan is not None and (p is None or not _same_plan(load_plan(plan), p)):
             raise ModelError(f"{path} was not trained with the plan {plan}; leave out --plan")

@@ -103,6 +103,9 @@ PrecisionOpt = Annotated[Precision, typer.Option(help="Numeric precision of the 
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 
 
+ProfileModelOpt = Annotated[
+    str | None, typer.Option("--model", "-m", help="The model (default: the one the profile was taken of).")
+]
 ProfileBatchOpt = Annotated[
     int | None,
     typer.Option("--batch-size", min=1, help="Images per forward pass (default: 128, or the profile's)."),

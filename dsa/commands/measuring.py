@@ -19,6 +19,7 @@ from dsa.commands._common import (
     Precision,
     PrecisionOpt,
     PretrainedOpt,
+    ProfileModelOpt,
     ThreadsOpt,
     analysis_of,
     bn_folded_note,
@@ -259,9 +260,7 @@ def calibrate_cmd(
         Path | None, typer.Option("--device-out", help="Also write the calibrated device file here.")
     ] = None,
     allow_incomplete: AllowIncompleteOpt = False,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="The model (default: the one the profile was taken of).")
-    ] = None,
+    model: ProfileModelOpt = None,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
     fmt: FormatOpt = Format.table,
@@ -314,9 +313,7 @@ def profile_and_analysis(profile: Path, model, pretrained, checkpoint, allow_inc
 def validate_cmd(
     profile: Annotated[Path, typer.Option("--profile", help="A measured profile (dsa profile).")],
     allow_incomplete: AllowIncompleteOpt = False,
-    model: Annotated[
-        str | None, typer.Option("--model", "-m", help="The model (default: the one the profile was taken of).")
-    ] = None,
+    model: ProfileModelOpt = None,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
     fmt: FormatOpt = Format.table,

@@ -478,7 +478,7 @@ class Planner:
             act_list=act_list,
             act_list_exact=act_list_exact,
             bn_folded_ms=plan_ms(a, bn_folded_plan(a), self.costs),
-            runtime=getattr(self.costs, "runtime", "eager"),
+            runtime=self.costs.runtime,
         )
         meta = {
             "prediction": result.prediction(),
