@@ -39,7 +39,7 @@ else
   TRAIN=(dsa train)
 fi
 COMMON=(--model "$MODEL" --data elpv --image-size "$IMAGE_SIZE" --epochs "$EPOCHS" --batch-size "$BATCH"
-  --threads "$PROC_THREADS" --bench-batch-size "$BATCH" --bench-repeats "$BENCH_REPEATS" --resume --format json
+  --threads "$PROC_THREADS" --bench-batch-size "$BATCH" --bench-repeats "$BENCH_REPEATS" --format json
   "${EXTRA[@]}")
 
 run() {  # run NAME ARGS...: one training run, skipped when it already finished
@@ -47,7 +47,9 @@ run() {  # run NAME ARGS...: one training run, skipped when it already finished
   if [[ -f "$OUT/$name/result.json" ]]; then log "$name: finished before, skipped"; return; fi
   log "$name: dsa train $*"
   local t0=$SECONDS
-  "${TRAIN[@]}" "${COMMON[@]}" --out "$OUT/$name" "$@" > "$OUT/$name.stdout.json"
+  local resume=()
+  [[ -f "$OUT/$name/last.pt" ]] && resume=(--resume)  # an interrupted run continues
+  "${TRAIN[@]}" "${COMMON[@]}" "${resume[@]}" --out "$OUT/$name" "$@" > "$OUT/$name.stdout.json"
   log "$name: done in $((SECONDS - t0)) s"
 }
 
@@ -70,7 +72,7 @@ from pathlib import Path
 
 import torch
 
-from dsa.bench import measure
+from dsa.measure.timing import measure
 from dsa.networks import load_for_eval
 
 out, size, batch, threads, repeats, targets = Path(sys.argv[1]), *map(int, sys.argv[2:6]), sys.argv[6:]

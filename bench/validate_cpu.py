@@ -17,6 +17,7 @@ from dsa.formats.plan import plan_from_act_list
 from dsa.formats.profile import load_profile
 from dsa.graph import analyze
 from dsa.ir import signature_of
+from dsa.latency.measured import entry_conv_spec
 from dsa.latency.ops import dtype_bytes, op_spec
 from dsa.measure.calibrate import calibrate, validate
 from dsa.models import create_model
@@ -40,20 +41,7 @@ def block_rows(a, prof, device):
         meas_after = entry["conv"].median_ms + (entry["act"].median_ms if entry["act"] else 0.0)
         specs = [op_spec(a, m, prof.batch_size, nbytes) for m in members]
         pred_before = sum(rl.predict_op(s, device, prof.precision, cal).total_ms for s in specs if s is not None)
-        merged = rl.conv2d_op(
-            "m",
-            prof.batch_size,
-            entry["c_in"],
-            entry["c_out"],
-            entry["in_shape"][1],
-            entry["in_shape"][2],
-            entry["out_shape"][1],
-            entry["out_shape"][2],
-            kernel=tuple(entry["kernel"]),
-            groups=entry["groups"],
-            bias=True,
-            dtype_bytes=nbytes,
-        )
+        merged = entry_conv_spec("m", entry, prof.batch_size, nbytes)
         act = rl.elementwise_op(
             "a",
             "act",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +88,27 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: in
     return err
 
 
+def openvino_max_rel_error(model: nn.Module, example: torch.Tensor, onnx_path: str | Path) -> float | None:
+    """Load an exported ONNX file with OpenVINO (CPU, f32) and compare its output with the model's; the max
+    relative error (raises ExportError above 1e-4), or None when OpenVINO is not installed."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    with tempfile.TemporaryDirectory(prefix="dsa-ov-") as d:  # OpenVINO picks its reader by the file's suffix
+        named = Path(d) / "model.onnx"
+        shutil.copyfile(onnx_path, named)
+        compiled = ov.Core().compile_model(str(named), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    x = torch.cat([example, torch.randn_like(example)])
+    got = torch.from_numpy(compiled(x.numpy())[0].copy())
+    with torch.no_grad():
+        ref = model.eval()(x)
+    err = float((got - ref).abs().max() / ref.abs().max().clamp_min(1e-30))
+    if err > 1e-4:
+        raise ExportError(f"OpenVINO's output of the ONNX export differs from the model by relative error {err:.3g}")
+    return err
+
+
 def torchscript_path_for(checkpoint: str | Path) -> Path:
     """Where the TorchScript file of a merged checkpoint goes: beside it, as ``<name>.torchscript.pt``."""
     checkpoint = Path(checkpoint)
@@ -102,12 +125,14 @@ class Exported:
     onnx: Path | None = None
     onnxruntime_max_rel_error: float | None = None
     onnx_error: str | None = None  # with ``onnx_failure="record"``: why ONNX could not be exported
+    openvino_max_rel_error: float | None = None  # the ONNX file run by OpenVINO (None: not installed)
 
     def to_json(self) -> dict:
         d: dict = {"checkpoint": str(self.checkpoint), "torchscript": str(self.torchscript)}
         d["torchscript_mode"] = self.torchscript_mode
         if self.onnx is not None:
             d["onnxruntime_max_rel_error"] = self.onnxruntime_max_rel_error
+            d["openvino_max_rel_error"] = self.openvino_max_rel_error
             d["onnx"] = str(self.onnx)
         if self.onnx_error is not None:
             d["onnx_error"] = self.onnx_error
@@ -146,11 +171,13 @@ def export_merged(
     how = to_torchscript(merged, example, outputs.stage(ts_path), plan)
     if onnx is None:
         return Exported(checkpoint, ts_path, how)
-    say("exporting ONNX (checked in onnxruntime)")
+    say("exporting ONNX (checked in onnxruntime and OpenVINO)")
     try:
-        err = to_onnx(merged, example, outputs.stage(onnx))
+        staged = outputs.stage(onnx)
+        err = to_onnx(merged, example, staged)
+        ov_err = openvino_max_rel_error(merged, example, staged)
     except ExportError as e:
         if onnx_failure != "record":
             raise
         return Exported(checkpoint, ts_path, how, onnx_error=str(e))
-    return Exported(checkpoint, ts_path, how, Path(onnx), err)
+    return Exported(checkpoint, ts_path, how, Path(onnx), err, openvino_max_rel_error=ov_err)

@@ -101,6 +101,8 @@ class Kind:
 
 
 LINEAR_KINDS = frozenset({Kind.CONV, Kind.BN, Kind.PAD, Kind.IDENTITY})
+# ops a fused runtime (ONNX Runtime, OpenVINO, torch.compile) runs inside the kernel of the conv producing them
+FUSABLE_KINDS = frozenset({Kind.BN, Kind.ACT, Kind.ADD, Kind.IDENTITY})
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,17 @@ class Analysis:
 
 
 # ------------------------------------------------------------------------------------------- segments
+
+
+def fused_into(a: Analysis, op: Op) -> Op:
+    """The op whose kernel ``op`` runs inside in a fused runtime: back through BNs, activations, identities and
+    residual adds (along the branch: the later of an add's inputs) to the conv that produces it; ``op`` itself
+    when it is not fusable or no conv produces it."""
+    order = {k: i for i, k in enumerate(a.ops)}
+    cur = op
+    while cur.kind in FUSABLE_KINDS and cur.inputs:
+        cur = a.ops[max(cur.inputs, key=order.__getitem__)]
+    return cur if cur.kind == Kind.CONV else op
 
 
 def segment_signature(c_in: int, c_out: int, kernel, stride, groups: int, h_in: int, w_in: int) -> str:

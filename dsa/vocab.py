@@ -11,3 +11,9 @@ DEFAULT_MODEL = "mobilenet_v2_140"
 DEFAULT_DEVICE = "v100"  # the roofline device when none is given
 RUNTIMES: tuple[str, ...] = ("eager", "compile", "onnxruntime", "openvino")  # what a network is run with
 DEFAULT_RUNTIME = "eager"  # DepthShrinker's protocol; what the roofline's kernels model
+# runtimes that fold BN into the conv before it and run activations and residual adds inside the producing
+# conv's kernel: costs for them price those ops as fused (the roofline's ``fuse_elementwise`` mode)
+FUSED_RUNTIMES: frozenset[str] = frozenset({"compile", "onnxruntime", "openvino"})
+# runtimes whose own profiler reports per-node times (dsa.measure.runtimes.node_times): what `dsa profile` can
+# measure a network under besides eager
+PROFILED_RUNTIMES: tuple[str, ...] = ("eager", "onnxruntime", "openvino")

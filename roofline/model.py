@@ -318,6 +318,29 @@ def predict_op(
     return _combine(op, unit, raw_c, raw_m, waves, eff)
 
 
+def _fused(op: OpSpec, spec: DeviceSpec, precision: str, eff) -> OpTime:
+    _check_dtype(op, precision)
+    _, bytes_per_ms = _ceilings(spec, select_unit(op, spec, precision), precision)
+    extra = op.bytes_input - op.bytes_output + op.bytes_weights
+    memory_ms = max(0, extra) / bytes_per_ms / eff.memory[op.op_class.value]
+    return OpTime(op.name, op.op_class.value, "fused", 0.0, memory_ms, 0.0, memory_ms, "fused")
+
+
+def predict_fused_op(
+    op: OpSpec,
+    device: DeviceSpec | str,
+    precision: str = "fp32",
+    calibration: Calibration | None = None,
+) -> OpTime:
+    """Predicted time of an elementwise op run inside the kernel of the conv that produces it (as fused
+    runtimes run BN, activations and residual adds): only the reads of its extra operands (the skip tensor of
+    an add) and its weights, no launch; ``bound="fused"``."""
+    if op.op_class is not OpClass.ELEMENTWISE:
+        raise RooflineError(f"only elementwise ops fuse into their producer; {op.name} is {op.op_class.value}")
+    spec = _resolve(device)
+    return _fused(op, spec, precision, efficiencies(spec, precision, calibration))
+
+
 def predict_ops(
     ops: Iterable[OpSpec],
     device: DeviceSpec | str,
@@ -341,11 +364,7 @@ def predict_ops(
         if not isinstance(op, OpSpec):
             raise RooflineError(f"predict_ops expects OpSpec items, got {type(op).__name__}")
         if fuse_elementwise and can_fuse and op.op_class is OpClass.ELEMENTWISE:
-            _check_dtype(op, precision)
-            _, bytes_per_ms = _ceilings(spec, select_unit(op, spec, precision), precision)
-            extra = op.bytes_input - op.bytes_output + op.bytes_weights
-            memory_ms = max(0, extra) / bytes_per_ms / eff.memory[op.op_class.value]
-            times.append(OpTime(op.name, op.op_class.value, "fused", 0.0, memory_ms, 0.0, memory_ms, "fused"))
+            times.append(_fused(op, spec, precision, eff))
             continue
         unit, raw_c, raw_m, waves = _raw_times(op, spec, precision)
         times.append(_combine(op, unit, raw_c, raw_m, waves, eff))

@@ -34,6 +34,7 @@ LAYERS: list[set[str]] = [
     {"dsa.measure.runtimes"},  # measure
     {"dsa.measure", "dsa.measure.timing"},
     {"dsa.measure.profiler"},
+    {"dsa.measure.runtime_profile"},
     {"dsa.measure.calibrate"},
     {"dsa.train.config", "dsa.train.distributed", "dsa.train.losses"},
     {"dsa.train.evaluate"},

@@ -67,7 +67,7 @@ def test_unknown_and_missing_runtimes_are_refused(monkeypatch) -> None:
 
 
 def test_a_runtime_that_computes_something_else_is_never_timed(nets, monkeypatch) -> None:
-    monkeypatch.setattr(runtimes, "_ort", lambda m, x, t: (lambda y: m(y) + 1.0))
+    monkeypatch.setattr(runtimes, "_ort", lambda m, x, t: lambda y: m(y) + 1.0)
     with pytest.raises(DsaError, match="onnxruntime computes something else than the eager network"):
         runtimes.prepare("onnxruntime", nets["original"], torch.randn(2, 3, 32, 32))
 

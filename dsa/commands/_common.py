@@ -103,6 +103,16 @@ PrecisionOpt = Annotated[Precision, typer.Option(help="Numeric precision of the 
 BatchOpt = Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")]
 
 
+RuntimeOpt = Annotated[
+    str,
+    typer.Option(
+        "--runtime",
+        help="What the network runs with: eager (default, DepthShrinker's protocol), compile (torch.compile), "
+        "onnxruntime or openvino (CPU, via ONNX).",
+    ),
+]
+
+
 ProfileModelOpt = Annotated[
     str | None, typer.Option("--model", "-m", help="The model (default: the one the profile was taken of).")
 ]
@@ -241,10 +251,15 @@ def load_profile_opt(path: Path | None):
     return load_profile(path) if path is not None else None
 
 
-def resolve_pricing(a, gpu, prof, prof_path, batch_size, precision, allow_incomplete):
-    """The device, batch, precision and profile that price ``a`` (dsa.latency.resolve); says what it chose."""
+def resolve_pricing(a, gpu, prof, prof_path, batch_size, precision, allow_incomplete, runtime="eager"):
+    """The device, batch, precision and profile that price ``a`` under ``runtime`` (dsa.latency.resolve); says
+    what it chose."""
+    from dsa.errors import DsaError
     from dsa.latency.resolve import resolve
+    from dsa.vocab import RUNTIMES
 
+    if runtime not in RUNTIMES:
+        raise DsaError(f"unknown --runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     pricing = resolve(
         a,
         gpu=gpu_name(gpu),
@@ -253,6 +268,7 @@ def resolve_pricing(a, gpu, prof, prof_path, batch_size, precision, allow_incomp
         batch=batch_size,
         precision=precision,
         allow_incomplete=allow_incomplete,
+        runtime=runtime,
     )
     for note in pricing.notes:
         err.print(note, markup=False)
@@ -269,7 +285,8 @@ def bn_folded_note(bn_speedup: float | None, over: float | None) -> str:
 
 def prediction_line(pr: dict) -> str:
     return (
-        f"predicted on {pr['device']} ({pr['precision']}, batch {pr['batch_size']}; {pr['source']}): original "
+        f"predicted on {pr['device']} under {pr.get('runtime', 'eager')} ({pr['precision']}, batch {pr['batch_size']}; "
+        f"{pr['source']}): original "
         f"{pr['baseline_latency_ms']:.2f} ms = {pr['baseline_throughput_img_s']:.0f} img/s -> planned "
         f"{pr['planned_latency_ms']:.2f} ms = {pr['planned_throughput_img_s']:.0f} img/s; "
         f"speed-up {pr['speedup']:.2f}x" + bn_folded_note(pr.get("bn_folded_speedup"), pr.get("speedup_over_bn_folded"))

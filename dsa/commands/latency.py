@@ -23,6 +23,7 @@ from dsa.commands._common import (
     ProfileBatchOpt,
     ProfileOpt,
     ProfilePrecisionOpt,
+    RuntimeOpt,
     analysis_of,
     bn_folded_note,
     check_out,
@@ -50,6 +51,7 @@ def evaluation(
     profile=None,
     allow_incomplete=False,
     input_size=None,
+    runtime="eager",
 ):
     """Price a plan (or BN folding alone) on ``--gpu``, or on ``--profile``'s device with its measured times."""
     from dsa.formats.plan import bn_folded_plan
@@ -65,7 +67,7 @@ def evaluation(
         model = model or DEFAULT_MODEL
         a = analysis_of(model, pretrained, checkpoint, input_size or (prof.input_size if prof else None))
         p = bn_folded_plan(a)
-    pricing = resolve_pricing(a, gpu, prof, profile, batch_size, precision, allow_incomplete)
+    pricing = resolve_pricing(a, gpu, prof, profile, batch_size, precision, allow_incomplete, runtime)
     return model, evaluate(a, p, pricing.device, pricing.batch, pricing.precision, profile=pricing.profile)
 
 
@@ -78,13 +80,15 @@ def evaluate_cmd(
     precision: ProfilePrecisionOpt = None,
     profile: ProfileOpt = None,
     allow_incomplete: AllowIncompleteOpt = False,
+    runtime: RuntimeOpt = "eager",
     model: PlanModelOpt = None,
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Predicted latency and throughput of the original, the BN-folded and the planned network on a GPU (or,
-    with --profile, on the profiled device, using its measured times where it has them)."""
+    with --profile, on the profiled device, using its measured times where it has them). --runtime R prices
+    for runtime R with a profile taken under it (--profile, or one under profiles/<gpu>/)."""
     model, ev = evaluation(
         model,
         pretrained,
@@ -95,6 +99,7 @@ def evaluate_cmd(
         precision.value if precision else None,
         profile,
         allow_incomplete,
+        runtime=runtime,
     )
     if fmt == Format.json:
         emit_json({"model": model, **ev.to_json()})
@@ -107,7 +112,7 @@ def evaluate_cmd(
         "before ms",
         "after ms",
         "after from",
-        title=f"{model} on {ev.device}, {ev.precision}, batch {ev.batch} ({ev.source})",
+        title=f"{model} on {ev.device} under {ev.runtime}, {ev.precision}, batch {ev.batch} ({ev.source})",
     )
     for row in ev.segment_rows():
         if row["convs"] > 1:

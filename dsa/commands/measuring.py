@@ -20,6 +20,7 @@ from dsa.commands._common import (
     PrecisionOpt,
     PretrainedOpt,
     ProfileModelOpt,
+    RuntimeOpt,
     ThreadsOpt,
     analysis_of,
     bn_folded_note,
@@ -41,13 +42,7 @@ from dsa.vocab import DEFAULT_MODEL
 @one_line_errors
 def bench_cmd(
     plan: Annotated[Path | None, typer.Option(help="Also time the network merged by this plan.")] = None,
-    runtime: Annotated[
-        str,
-        typer.Option(
-            "--runtime",
-            help="eager (default), compile (torch.compile, inductor), onnxruntime or openvino (CPU, via ONNX).",
-        ),
-    ] = "eager",
+    runtime: RuntimeOpt = "eager",
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
     device: DeviceOpt = "auto",
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
@@ -166,6 +161,14 @@ def profile_cmd(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 32,
     precision: PrecisionOpt = Precision.fp32,
     channels_last: Annotated[bool, typer.Option("--channels-last", help="NHWC memory layout.")] = False,
+    runtime: Annotated[
+        str,
+        typer.Option(
+            "--runtime",
+            help="eager (default: torch.profiler), onnxruntime (its session profiler) or openvino (its performance "
+            "counters); CPU, fp32.",
+        ),
+    ] = "eager",
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs of each op, segment and network first.")] = 2,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs of each (median and IQR recorded).")] = 5,
     plan: Annotated[Path | None, typer.Option(help="Also time the network merged by this plan end to end.")] = None,
@@ -175,8 +178,10 @@ def profile_cmd(
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
 ) -> None:
-    """Measure every op (torch.profiler), every candidate merged segment and the whole network. Ctrl-C keeps what
-    was measured in <out>.partial.json and never touches an existing profile."""
+    """Measure every op, every candidate merged segment and the whole network, with torch.profiler (eager) or
+    the runtime's own profiler (--runtime onnxruntime|openvino: what the runtime runs after its fusions, each
+    candidate segment as a standalone graph, merged and original). Ctrl-C keeps what was measured in
+    <out>.partial.json and never touches an existing profile."""
     import torch
     from rich.progress import Progress
 
@@ -184,11 +189,20 @@ def profile_cmd(
     from dsa.errors import DsaError
     from dsa.formats.profile import partial_path, profile_path
     from dsa.measure.profiler import profile_model
+    from dsa.measure.runtime_profile import check_profiled, profile_runtime
     from dsa.measure.timing import resolve_device
 
+    check_profiled(runtime)
     device = resolve_device(device)
     if precision == Precision.tf32 and not device.startswith("cuda"):
         raise DsaError("--precision tf32 is a CUDA tensor-core mode; a CPU computes fp32: use --precision fp32")
+    if runtime != "eager":
+        if channels_last:
+            raise DsaError(f"--channels-last applies to eager; {runtime} chooses its own layout")
+        if device != "cpu" or precision != Precision.fp32:
+            raise DsaError(
+                f"--runtime {runtime} is profiled on the CPU in fp32 here: use --device cpu --precision fp32"
+            )
     p = None
     if plan is not None:
         p, model = plan_and_model(plan, model)
@@ -203,13 +217,13 @@ def profile_cmd(
         p.check(a)
     spec = rl.measure_local_device(device, seconds=2.0)
     layout = "channels_last" if channels_last else "nchw"
-    path = out_path or profile_path(spec.name, a.model_name, batch_size, precision.value, layout)
+    path = out_path or profile_path(spec.name, a.model_name, batch_size, precision.value, layout, runtime=runtime)
     check_out(path, "--out", **inputs)
     check_out(partial_path(path), "the partial profile (beside --out)", **inputs)
     err.print(
-        f"profiling {a.model_name} on {spec.name} ({device}, batch {batch_size}, {a.input_size} px, "
-        f"{precision.value}, {layout}, {torch.get_num_threads()} threads, {repeats} repeats) -> {path}; Ctrl-C keeps "
-        "what was measured",
+        f"profiling {a.model_name} under {runtime} on {spec.name} ({device}, batch {batch_size}, {a.input_size} px, "
+        f"{precision.value}, {layout if runtime == 'eager' else 'its own layout'}, "
+        f"{threads or torch.get_num_threads()} threads, {repeats} repeats) -> {path}; Ctrl-C keeps what was measured",
         markup=False,
     )
     with Progress(console=err, transient=True) as bar:
@@ -218,19 +232,33 @@ def profile_cmd(
         def progress(what: str, step: int, total: int) -> None:
             bar.update(task, completed=step, total=total, description=what)
 
-        prof = profile_model(
-            net,
-            a,
-            batch_size=batch_size,
-            precision=precision.value,
-            device=device,
-            channels_last=channels_last,
-            warmup=warmup,
-            repeats=repeats,
-            plan=p,
-            device_spec=spec,
-            progress=progress,
-        )
+        if runtime == "eager":
+            prof = profile_model(
+                net,
+                a,
+                batch_size=batch_size,
+                precision=precision.value,
+                device=device,
+                channels_last=channels_last,
+                warmup=warmup,
+                repeats=repeats,
+                plan=p,
+                device_spec=spec,
+                progress=progress,
+            )
+        else:
+            prof = profile_runtime(
+                net,
+                a,
+                runtime,
+                batch_size=batch_size,
+                threads=threads or torch.get_num_threads(),  # what is recorded is what the runtime was given
+                warmup=warmup,
+                repeats=repeats,
+                plan=p,
+                device_spec=spec,
+                progress=progress,
+            )
     e2e = prof.end_to_end
     summary = f"{len(prof.ops)} ops, {len(prof.segments)} candidate segments"
     if "original" in e2e:
@@ -259,6 +287,10 @@ def calibrate_cmd(
     device_out: Annotated[
         Path | None, typer.Option("--device-out", help="Also write the calibrated device file here.")
     ] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", help="The runtime the profile must have been taken under (default: its own)."),
+    ] = None,
     allow_incomplete: AllowIncompleteOpt = False,
     model: ProfileModelOpt = None,
     pretrained: PretrainedOpt = False,
@@ -274,7 +306,7 @@ def calibrate_cmd(
     check_out(profile, "--profile (rewritten with its calibration)")
     if device_out is not None:
         check_out(device_out, "--device-out", **{"--profile": profile, "--checkpoint": checkpoint})
-    a, prof = profile_and_analysis(profile, model, pretrained, checkpoint, allow_incomplete)
+    a, prof = profile_and_analysis(profile, model, pretrained, checkpoint, allow_incomplete, runtime)
     cal, prof = calibrate(a, prof)
     with Outputs() as outs:
         prof.save(outs.stage(profile))
@@ -294,13 +326,14 @@ def calibrate_cmd(
     out.print(f"stored in {profile}" + (f" and {device_out}" if device_out else ""))
 
 
-def profile_and_analysis(profile: Path, model, pretrained, checkpoint, allow_incomplete):
-    """A profile and the analysis of the network it was taken of (``--model`` default: the profile's)."""
+def profile_and_analysis(profile: Path, model, pretrained, checkpoint, allow_incomplete, runtime=None):
+    """A profile and the analysis of the network it was taken of (``--model`` default: the profile's); with
+    ``runtime``, the profile must have been taken under it."""
     from dsa.formats.profile import load_profile
 
     prof = load_profile(profile)
     a = analysis_of(model or prof.model, pretrained, checkpoint, prof.input_size)
-    prof.check_for(a, allow_incomplete=allow_incomplete, path=profile)
+    prof.check_for(a, allow_incomplete=allow_incomplete, path=profile, runtime=runtime)
     from dsa.latency.resolve import incomplete_note
 
     for warning in incomplete_note(prof, profile):
@@ -312,6 +345,10 @@ def profile_and_analysis(profile: Path, model, pretrained, checkpoint, allow_inc
 @one_line_errors
 def validate_cmd(
     profile: Annotated[Path, typer.Option("--profile", help="A measured profile (dsa profile).")],
+    runtime: Annotated[
+        str | None,
+        typer.Option("--runtime", help="The runtime the profile must have been taken under (default: its own)."),
+    ] = None,
     allow_incomplete: AllowIncompleteOpt = False,
     model: ProfileModelOpt = None,
     pretrained: PretrainedOpt = False,
@@ -322,7 +359,7 @@ def validate_cmd(
     after calibration."""
     from dsa.measure.calibrate import validate
 
-    a, prof = profile_and_analysis(profile, model, pretrained, checkpoint, allow_incomplete)
+    a, prof = profile_and_analysis(profile, model, pretrained, checkpoint, allow_incomplete, runtime)
     rep = validate(a, prof)
     if fmt == Format.json:
         emit_json(rep)
@@ -335,7 +372,8 @@ def validate_cmd(
         "within 10%",
         "Spearman",
         "Kendall",
-        title=f"{rep['model']} on {rep['device']}, batch {rep['batch_size']}, {rep['precision']}, {rep['layout']}",
+        title=f"{rep['model']} on {rep['device']} under {rep['runtime']['name']}, batch {rep['batch_size']}, "
+        f"{rep['precision']}, {rep['layout']}",
     )
     for label in ("uncalibrated", "calibrated"):
         for kind in ("segment", "op"):
@@ -356,5 +394,14 @@ def validate_cmd(
             out.print(
                 f"end to end, {name}: measured {row['measured_ms']:.1f} ms, predicted "
                 f"{row['predicted_ms_uncalibrated']:.1f} ms uncalibrated ({row['abs_pct_err_uncalibrated']:.1f}% off), "
-                f"{row['predicted_ms_calibrated']:.1f} ms calibrated ({row['abs_pct_err_calibrated']:.1f}% off)"
+                f"{row['predicted_ms_calibrated']:.1f} ms calibrated ({row['abs_pct_err_calibrated']:.1f}% off), "
+                f"{row['predicted_ms_profile']:.1f} ms from the profile's op times "
+                f"({row['abs_pct_err_profile']:.1f}% off)"
+            )
+    for label, d in rep["merge_decisions"].items():
+        if label != "rows" and d.get("n"):
+            out.print(
+                f"does merging pay off ({label.replace('_', ' ')} segments, {d['n']}; it pays for "
+                f"{d['merging_pays_measured']} measured): calibrated roofline right for {d['roofline_right']:.0%}, "
+                f"the profile's op times for {d['profile_right']:.0%}"
             )

@@ -38,7 +38,11 @@ def merge_cmd(
         ),
     ],
     onnx: Annotated[
-        Path | None, typer.Option(help="Also export ONNX here (checked with onnx.checker and onnxruntime).")
+        Path | None,
+        typer.Option(
+            help="Also export ONNX here, the file ONNX Runtime and OpenVINO load (checked with onnx.checker, "
+            "onnxruntime and, when installed, OpenVINO)."
+        ),
     ] = None,
     model: PlanModelOpt = None,
     pretrained: PretrainedOpt = False,
@@ -85,6 +89,7 @@ def merge_cmd(
         "torchscript_mode": exported.torchscript_mode,
         "onnx": str(onnx) if onnx else None,
         "onnxruntime_max_rel_error": exported.onnxruntime_max_rel_error,
+        "openvino_max_rel_error": exported.openvino_max_rel_error,
     }
     if fmt == Format.json:
         emit_json(result)
@@ -96,5 +101,7 @@ def merge_cmd(
     out.print(f"wrote {out_path} and {ts_path} (TorchScript, {exported.torchscript_mode})")
     if onnx:
         out.print(
-            f"wrote {onnx} (onnx.checker ok; onnxruntime max relative error {exported.onnxruntime_max_rel_error:.2e})"
+            f"wrote {onnx} (onnx.checker ok; onnxruntime max relative error {exported.onnxruntime_max_rel_error:.2e}"
+            + ("" if exported.openvino_max_rel_error is None else f", OpenVINO {exported.openvino_max_rel_error:.2e}")
+            + ")"
         )

@@ -17,11 +17,11 @@ from dsa.commands._common import (
     Granularity,
     InputSizeOpt,
     ModelOpt,
-    Precision,
-    PrecisionOpt,
     PretrainedOpt,
     ProfileBatchOpt,
+    ProfileOpt,
     ProfilePrecisionOpt,
+    RuntimeOpt,
     analysis_of,
     check_out,
     command,
@@ -35,7 +35,6 @@ from dsa.commands._common import (
     refuse_together,
     resolve_pricing,
 )
-from dsa.vocab import DEFAULT_DEVICE as DEFAULT_GPU
 from dsa.vocab import DEFAULT_MODEL
 
 
@@ -85,6 +84,7 @@ def plan_cmd(
         ),
     ] = None,
     allow_incomplete: AllowIncompleteOpt = False,
+    runtime: RuntimeOpt = "eager",
     act_list: Annotated[
         str | None, typer.Option(help="DepthShrinker keep list: 1,0,... one per block plus stem and head.")
     ] = None,
@@ -97,7 +97,9 @@ def plan_cmd(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Write a plan: solved for a target (--target-throughput, --target-latency, --target-speedup or
-    --max-accuracy-cost), or from a DepthShrinker keep list (--act-list, --ds-pattern, --remove-all)."""
+    --max-accuracy-cost), or from a DepthShrinker keep list (--act-list, --ds-pattern, --remove-all). With
+    --runtime R the plan is priced for runtime R (a profile taken under it: --profile, or one under
+    profiles/<gpu>/): --target-speedup 1.3 means 1.3x over the original as R runs it."""
     from dsa.errors import PlanError
     from dsa.formats.plan import keep_list_plan
 
@@ -144,7 +146,7 @@ def plan_cmd(
 
         prof = load_profile_opt(profile)
         a = analysis_of(model, pretrained, checkpoint, input_size or (prof.input_size if prof else None))
-        pricing = resolve_pricing(a, gpu, prof, profile, batch_size, prec, allow_incomplete)
+        pricing = resolve_pricing(a, gpu, prof, profile, batch_size, prec, allow_incomplete, runtime)
         result = solve_plan(
             a,
             pricing.device,
@@ -171,6 +173,8 @@ def plan_cmd(
     a = analysis_of(model, pretrained, checkpoint, input_size)
     p = keep_list_plan(a, act_list=act_list, ds_pattern=ds_pattern, remove_all=remove_all)
     unused = [n for n, v in (("--batch-size", batch_size), ("--precision", precision)) if v is not None]
+    if runtime != "eager" and gpu is None:
+        unused.append("--runtime")
     if gpu is None and unused:
         raise PlanError(
             f"{' and '.join(unused)} only apply to the prediction a keep-list plan gets with --gpu; add --gpu G "
@@ -180,7 +184,7 @@ def plan_cmd(
     if gpu is not None:
         from dsa.latency.evaluate import evaluate
 
-        pricing = resolve_pricing(a, gpu, None, None, batch_size, prec, allow_incomplete)
+        pricing = resolve_pricing(a, gpu, None, None, batch_size, prec, allow_incomplete, runtime)
         prediction = evaluate(a, p, pricing.device, pricing.batch, pricing.precision, profile=pricing.profile)
         prediction = prediction.prediction()
         p = p.with_metadata(prediction=prediction)
@@ -252,12 +256,13 @@ def _block_span(blocks: tuple[str, ...]) -> str:
 @one_line_errors
 def pareto_cmd(
     out_path: Annotated[Path, typer.Option("--out", "-o", help="Figure file (.png or .svg).")] = Path("pareto.png"),
-    gpu: Annotated[
-        str, typer.Option("--gpu", "-g", help="Device name, alias (v100, a100, ...) or device file.")
-    ] = DEFAULT_GPU,
+    gpu: GpuOpt = None,
     points: Annotated[int, typer.Option("--points", min=2, help="Accuracy-cost budgets per granularity.")] = 20,
-    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Images per forward pass.")] = 128,
-    precision: PrecisionOpt = Precision.fp32,
+    batch_size: ProfileBatchOpt = None,
+    precision: ProfilePrecisionOpt = None,
+    profile: ProfileOpt = None,
+    allow_incomplete: AllowIncompleteOpt = False,
+    runtime: RuntimeOpt = "eager",
     max_kernel: Annotated[int | None, typer.Option("--max-kernel", min=1, help="Largest merged kernel size.")] = None,
     importance: Annotated[
         Path | None,
@@ -270,7 +275,8 @@ def pareto_cmd(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """The predicted speed-up vs accuracy-cost frontier (fastest plan per accuracy-cost budget), per activation
-    and per block, with DepthShrinker's patterns A-F for MobileNetV2."""
+    and per block, with DepthShrinker's patterns A-F for MobileNetV2 (--runtime R: priced for R, with a profile
+    taken under it)."""
     from dsa.formats.importance import load_block_importance, load_importance
     from dsa.planner.pareto import frontier
     from dsa.planner.planner import Planner
@@ -278,16 +284,20 @@ def pareto_cmd(
 
     check_out(out_path, "--out", **{"--importance": importance, "--checkpoint": checkpoint})
     figure_suffix(out_path)
-    precision = precision.value
+    refuse_together(**{"--gpu": gpu, "--profile": profile})
     scores, default_cost = load_importance(importance) if importance is not None else (None, 1.0)
     blocks_cost = load_block_importance(importance) if importance is not None else None
-    a = analysis_of(model, pretrained, checkpoint, input_size)
+    prof = load_profile_opt(profile)
+    a = analysis_of(model, pretrained, checkpoint, input_size or (prof.input_size if prof else None))
+    prec = precision.value if precision is not None else None
+    pricing = resolve_pricing(a, gpu, prof, profile, batch_size, prec, allow_incomplete, runtime)
     planners = [
         Planner(
             a,
-            gpu,
-            batch_size,
-            precision,
+            pricing.device,
+            pricing.batch,
+            pricing.precision,
+            profile=pricing.profile,
             importance=scores,
             default_cost=default_cost,
             block_importance=blocks_cost if g == "block" else None,
@@ -307,7 +317,8 @@ def pareto_cmd(
         "removed",
         "speed-up",
         "img/s",
-        title=f"{f.model} on {f.device} ({f.precision}, batch {f.batch}): fastest plan per accuracy cost",
+        title=f"{f.model} on {f.device} under {runtime} ({f.precision}, batch {f.batch}): fastest plan per accuracy "
+        "cost",
     )
     for g, pts in f.curves.items():
         for p in pts:

@@ -11,6 +11,12 @@ size, precision and memory layout on one device:
 - ``end_to_end``: the whole original network (and a merged one, with a plan) timed as a unit, to check how
   well per-op times add up.
 
+A profile taken under a deployment runtime (``runtime``: ONNX Runtime, OpenVINO; ``dsa profile --runtime``) holds
+the same three parts as that runtime runs them, from its own profiler (see :mod:`dsa.measure.runtime_profile`):
+``ops`` are its executed nodes charged to the ops they come from, ``fused`` maps each op that ran inside another
+op's node to that op, and each segment has its merged conv (``conv``, with the activation after it fused when
+``act_fused``) and the ``original`` ops it replaces, both timed as standalone graphs.
+
 Every figure is a median over ``repeats`` runs, with its interquartile range. The device (torch, CUDA and
 cuDNN versions, threads, layout, cudnn.benchmark and TF32 flags) is recorded, and a roofline spec of the
 device (measured ceilings on a CPU) travels with the profile so that it can be calibrated anywhere.
@@ -74,6 +80,7 @@ class Profile:
     complete: bool = True
     calibration: dict | None = None
     runtime: dict = field(default_factory=lambda: {"name": DEFAULT_RUNTIME})  # {"name", "version", options...}
+    fused: dict[str, str] = field(default_factory=dict)  # op -> the op whose kernel runs it (fused runtimes)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -94,6 +101,8 @@ class Profile:
         segs = {}
         for sig, s in self.segments.items():
             segs[sig] = {**s, "conv": s["conv"].to_json(), "act": s["act"].to_json() if s.get("act") else None}
+            if s.get("original") is not None:
+                segs[sig]["original"] = s["original"].to_json()
         return {
             "schema_version": self.schema_version,
             "kind": "dsa.profile",
@@ -110,6 +119,7 @@ class Profile:
             "environment": self.environment,
             "device_spec": self.device_spec,
             "ops": {k: v.to_json() for k, v in self.ops.items()},
+            "fused": self.fused,
             "segments": segs,
             "end_to_end": self.end_to_end,
             "calibration": self.calibration,
@@ -261,6 +271,11 @@ def profile_from_json(d: Any, path: str = "<memory>") -> Profile:
             "conv": _stat(s.get("conv"), f"segments.{sig}.conv", path),
             "act": _stat(s["act"], f"segments.{sig}.act", path) if s.get("act") else None,
         }
+        if s.get("original") is not None:
+            segs[sig]["original"] = _stat(s["original"], f"segments.{sig}.original", path)
+    fused = d.get("fused", {})
+    if not isinstance(fused, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in fused.items()):
+        raise ArtifactError(f"profile {path}: field 'fused' must map op names to the op names they run inside")
     _check_batch_consistency(d, path)
     return Profile(
         model=d["model"],
@@ -279,6 +294,7 @@ def profile_from_json(d: Any, path: str = "<memory>") -> Profile:
         complete=bool(d.get("complete", True)),
         calibration=d.get("calibration"),
         runtime=dict(runtime),
+        fused=dict(fused),
     )
 
 
@@ -337,15 +353,23 @@ def find_profile(
 
 
 def default_path(p: Profile, directory: str | Path = "profiles") -> Path:
-    return profile_path(p.device_name, p.model, p.batch_size, p.precision, p.layout, directory)
+    return profile_path(p.device_name, p.model, p.batch_size, p.precision, p.layout, directory, p.runtime_name)
 
 
 def profile_path(
-    device: str, model: str, batch_size: int, precision: str, layout: str, directory: str | Path = "profiles"
+    device: str,
+    model: str,
+    batch_size: int,
+    precision: str,
+    layout: str,
+    directory: str | Path = "profiles",
+    runtime: str = DEFAULT_RUNTIME,
 ) -> Path:
-    """``profiles/<device>/<model>_b<B>_<precision>_<layout>.json`` (known before anything is measured)."""
+    """``profiles/<device>/<model>_b<B>_<precision>_<layout>.json`` for eager, ``..._<runtime>.json`` for a
+    runtime that chooses its own layout (known before anything is measured)."""
     model = model.replace(":", "_").replace("/", "_")
-    return Path(directory) / device / f"{model}_b{batch_size}_{precision}_{layout}.json"
+    last = layout if runtime == DEFAULT_RUNTIME else runtime
+    return Path(directory) / device / f"{model}_b{batch_size}_{precision}_{last}.json"
 
 
 def partial_path(path: str | Path) -> Path:

@@ -7,8 +7,9 @@ import math
 from typing import Protocol
 
 import roofline as rl
-from dsa.ir import Analysis, Op, Segment, signature_of
+from dsa.ir import FUSABLE_KINDS, Analysis, Op, Segment, fused_into, signature_of
 from dsa.latency.ops import CostedOp, added_act, dtype_bytes, op_spec, planned_ops, segment_conv_spec
+from dsa.vocab import DEFAULT_RUNTIME, FUSED_RUNTIMES
 
 Priced = tuple[rl.OpTime, str]  # the time, and where it comes from: "roofline" or "measured"
 
@@ -45,7 +46,10 @@ def _measured(item: CostedOp, ms: float) -> rl.OpTime:
 
 class RooflineCosts:
     """Times from the roofline model (:func:`roofline.predict_op`) on ``device``, with its calibration when it
-    was calibrated at ``precision`` (or the given ``calibration``)."""
+    was calibrated at ``precision`` (or the given ``calibration``). Under a fused ``runtime``
+    (:data:`dsa.vocab.FUSED_RUNTIMES`) a BN, activation, identity or residual add that a conv produces runs inside
+    that conv's kernel (:func:`dsa.ir.fused_into`), and an added activation inside the merged conv before it: they
+    cost what :func:`roofline.predict_fused_op` says (the extra operands they read), no kernel of their own."""
 
     def __init__(
         self,
@@ -54,8 +58,11 @@ class RooflineCosts:
         batch: int = 128,
         precision: str = "fp32",
         calibration: rl.Calibration | None = None,
+        runtime: str = DEFAULT_RUNTIME,
     ) -> None:
         self.analysis = analysis
+        self.runtime = runtime
+        self.fused = runtime in FUSED_RUNTIMES
         self.device = device if isinstance(device, rl.DeviceSpec) else rl.load_device(device)
         self.batch = batch
         self.precision = precision
@@ -66,13 +73,28 @@ class RooflineCosts:
         self.calibration = calibration
         self._op_cache: dict[str, float] = {}
 
-    runtime = "eager"  # the roofline's kernels are eager PyTorch's (one per op)
-
     @property
     def source(self) -> str:
-        return f"roofline ({'calibrated' if self.calibration else 'datasheet, uncalibrated'})"
+        fused = f", {self.runtime}: elementwise ops fused" if self.fused else ""
+        return f"roofline ({'calibrated' if self.calibration else 'datasheet, uncalibrated'}{fused})"
+
+    def runs_fused(self, item: CostedOp) -> bool:
+        """Whether ``item`` runs inside another op's kernel in this runtime."""
+        if not self.fused:
+            return False
+        if item.kind == "act":
+            return True
+        op = item.op
+        return (
+            item.kind == "op"
+            and op is not None
+            and op.kind in FUSABLE_KINDS
+            and fused_into(self.analysis, op) is not op
+        )
 
     def price(self, item: CostedOp) -> Priced:
+        if self.runs_fused(item):
+            return rl.predict_fused_op(item.spec, self.device, self.precision, self.calibration), "fused"
         return rl.predict_op(item.spec, self.device, self.precision, self.calibration), "roofline"
 
     def _ms(self, item: CostedOp) -> float:
@@ -96,18 +118,22 @@ class RooflineCosts:
 class ProfileCosts(RooflineCosts):
     """Measured times of a :class:`~dsa.formats.profile.Profile` where it has them, else its (calibrated)
     roofline: an op by name, a merged segment by its shape signature, a one-conv segment by its conv, an added
-    activation by the measured activation after the segment it follows. The profile must fit the analysis
-    (:meth:`~dsa.formats.profile.Profile.check_for`)."""
+    activation by the measured activation after the segment it follows. A profile taken under a fused runtime
+    says which ops ran inside another op's node (``fused``): they cost nothing of their own (their time is in
+    that node's), and neither does an added activation (the segment was timed with it). The profile must fit
+    the analysis (:meth:`~dsa.formats.profile.Profile.check_for`)."""
 
     def __init__(self, analysis: Analysis, profile, batch: int | None = None, precision: str | None = None) -> None:
         profile.check_for(analysis, batch, precision, allow_incomplete=True)
-        super().__init__(analysis, profile.device(), profile.batch_size, profile.precision)
+        super().__init__(
+            analysis, profile.device(), profile.batch_size, profile.precision, runtime=profile.runtime_name
+        )
         self.profile = profile
-        self.runtime = profile.runtime_name
 
     @property
     def source(self) -> str:
-        return f"profile of {self.profile.device_name} ({self.profile.layout}) + {super().source}"
+        how = self.profile.layout if self.runtime == DEFAULT_RUNTIME else f"under {self.runtime}"
+        return f"profile of {self.profile.device_name} ({how}) + {super().source}"
 
     def _entry(self, seg: Segment | None):
         return self.profile.segments.get(signature_of(seg)) if seg is not None and seg.merged else None
@@ -125,6 +151,8 @@ class ProfileCosts(RooflineCosts):
         return self.profile.ops.get(item.op.name) if item.op is not None else None
 
     def price(self, item: CostedOp) -> Priced:
+        if self.fused and (item.kind == "act" or (item.op is not None and item.op.name in self.profile.fused)):
+            return _measured(item, 0.0), "measured"  # measured inside the node of the op it runs in
         stat = self.measured(item)
         if stat is None:
             return super().price(item)

@@ -37,22 +37,26 @@ def measured_items(a: Analysis, p: Profile) -> list[MeasuredItem]:
             if spec is not None:
                 items.append(MeasuredItem(op.name, "op", [spec], p.ops[op.name].median_ms))
     for sig, s in p.segments.items():
-        conv = rl.conv2d_op(
-            sig,
-            p.batch_size,
-            s["c_in"],
-            s["c_out"],
-            s["in_shape"][1],
-            s["in_shape"][2],
-            s["out_shape"][1],
-            s["out_shape"][2],
-            kernel=tuple(s["kernel"]),
-            groups=s["groups"],
-            bias=True,
-            dtype_bytes=nbytes,
-        )
-        items.append(MeasuredItem(sig, "segment", [conv], s["conv"].median_ms))
+        items.append(MeasuredItem(sig, "segment", [entry_conv_spec(sig, s, p.batch_size, nbytes)], s["conv"].median_ms))
     return items
+
+
+def entry_conv_spec(name: str, entry: dict, batch: int, nbytes: int) -> rl.OpSpec:
+    """The merged conv of a profile's segment entry (its recorded shape), as a roofline op."""
+    return rl.conv2d_op(
+        name,
+        batch,
+        entry["c_in"],
+        entry["c_out"],
+        entry["in_shape"][1],
+        entry["in_shape"][2],
+        entry["out_shape"][1],
+        entry["out_shape"][2],
+        kernel=tuple(entry["kernel"]),
+        groups=entry["groups"],
+        bias=True,
+        dtype_bytes=nbytes,
+    )
 
 
 def with_calibration(p: Profile, calibration: rl.Calibration) -> Profile:

@@ -118,14 +118,16 @@ def savings(
 ) -> dict[str, float]:
     """Predicted ms saved per removed activation (the ``gates`` proxy's latency term): on the profile's calibrated
     device (with its measured times when it was taken of this network at this size), else on ``gpu``'s roofline at
-    batch 128, fp32. A ``gpu`` known only through its profiles (``local-cpu``) uses one of them: a matching one if
-    there is one."""
+    batch 128, fp32. A ``gpu`` known only through its profiles (``local-cpu``) uses one of its eager profiles: a
+    matching one if there is one."""
     if profile is None:
         gpu = gpu or DEFAULT_DEVICE
         try:
             return activation_savings(a, rl.load_device(gpu), DEFAULT_BATCH, DEFAULT_PRECISION)
         except rl.RooflineError:
-            profs = [q for q, _ in device_profiles(profiles_dir, gpu) if q.complete]
+            profs = [
+                q for q, _ in device_profiles(profiles_dir, gpu) if q.complete and q.runtime_name == DEFAULT_RUNTIME
+            ]
             if not profs:
                 raise
             same = [q for q in profs if q.matches(a.fingerprint, q.batch_size, q.precision, a.input_size)]

@@ -11,6 +11,7 @@ its measured latency.
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Sequence
 
@@ -22,8 +23,9 @@ from dsa.errors import ArtifactError
 from dsa.formats.plan import plan_from_json
 from dsa.formats.profile import Profile
 from dsa.ir import Analysis
-from dsa.latency.measured import MeasuredItem, measured_items, with_calibration
-from dsa.latency.ops import baseline_ops, planned_ops
+from dsa.latency.costs import ProfileCosts, RooflineCosts
+from dsa.latency.measured import MeasuredItem, entry_conv_spec, measured_items, with_calibration
+from dsa.latency.ops import CostedOp, baseline_ops, dtype_bytes, op_spec, planned_ops
 
 
 def is_heldout(key: str) -> bool:
@@ -95,6 +97,7 @@ def validate(a: Analysis, p: Profile, calibration: rl.Calibration | None = None)
         "batch_size": p.batch_size,
         "precision": p.precision,
         "layout": p.layout,
+        "runtime": p.runtime,
         "complete": p.complete,
     }
     for label, dev in (("uncalibrated", before), ("calibrated", after)):
@@ -106,25 +109,97 @@ def validate(a: Analysis, p: Profile, calibration: rl.Calibration | None = None)
     report["heldout"] = report["calibrated"]["segment"]
     report["heldout_ops"] = report["calibrated"]["op"]
     report["end_to_end"] = _end_to_end(a, p, before, after)
+    report["merge_decisions"] = merge_decisions(a, p, after)
     return report
 
 
+def _segment_items(a: Analysis, p: Profile, entry: dict) -> tuple[list[CostedOp], CostedOp]:
+    """The original ops a profiled segment replaces (with the activation it keeps) and its merged conv, as the
+    cost models price them."""
+    nbytes = dtype_bytes(p.precision)
+    ops = [a.by_name[m] for m in entry["members"] if m in a.by_name]
+    ids = {op.id for op in ops}
+    if entry.get("act") or entry.get("act_fused"):
+        last = ops[-1].id
+        ops += [op for op in a.ops.values() if last in op.inputs and op.kind == "act" and op.id not in ids][:1]
+    original = []
+    for op in ops:
+        spec = op_spec(a, op, p.batch_size, nbytes)
+        if spec is not None:
+            original.append(CostedOp(spec, op.block or op.name, None, "op", op))
+    conv = entry_conv_spec("merged", entry, p.batch_size, nbytes)
+    return original, CostedOp(conv, ops[0].block, None, "segment")
+
+
+def merge_decisions(a: Analysis, p: Profile, device: rl.DeviceSpec) -> dict:
+    """For every candidate segment the profile timed both ways as standalone graphs (``original`` and merged
+    ``conv``, runtime profiles): does merging it pay off, measured, and as predicted by the calibrated roofline
+    (under the profile's runtime) and by the profile's own in-network op times (what the planner uses)? Reported
+    over all such segments, the held-out ones, and the segments that merge one whole block (DepthShrinker's unit)."""
+    roof = RooflineCosts(a, device, p.batch_size, p.precision, device.calibration, runtime=p.runtime_name)
+    prof = ProfileCosts(a, p)
+    rows = []
+    for sig, entry in p.segments.items():
+        if entry.get("original") is None or not all(m in a.by_name for m in entry["members"]):
+            continue
+        original, merged = _segment_items(a, p, entry)
+        blocks = {a.by_name[m].block for m in entry["members"]}
+        block_convs = {op.name for op in a.ops.values() if op.kind == "conv" and op.block in blocks}
+        rows.append(
+            {
+                "segment": sig,
+                "heldout": is_heldout(sig),
+                "whole_block": len(blocks) == 1 and block_convs <= set(entry["members"]),
+                "measured_pays": entry["conv"].median_ms < entry["original"].median_ms,
+                "measured_ratio": entry["original"].median_ms / entry["conv"].median_ms,
+                "roofline_pays": roof.price(merged)[0].total_ms < _priced_ms(roof, original),
+                "profile_pays": entry["conv"].median_ms < _priced_ms(prof, original),
+            }
+        )
+
+    def agreement(sel: list[dict]) -> dict:
+        if not sel:
+            return {"n": 0}
+        out = {"n": len(sel), "merging_pays_measured": sum(r["measured_pays"] for r in sel)}
+        for by in ("roofline", "profile"):
+            out[f"{by}_right"] = sum(r[f"{by}_pays"] == r["measured_pays"] for r in sel) / len(sel)
+        return out
+
+    return {
+        "all": agreement(rows),
+        "heldout": agreement([r for r in rows if r["heldout"]]),
+        "whole_block": agreement([r for r in rows if r["whole_block"]]),
+        "rows": rows,
+    }
+
+
+def _priced_ms(costs, items: Sequence[CostedOp]) -> float:
+    return math.fsum(costs.price(c)[0].total_ms for c in items)
+
+
 def _end_to_end(a: Analysis, p: Profile, before: rl.DeviceSpec, after: rl.DeviceSpec) -> dict:
+    """Whole networks, measured vs predicted: by the roofline (under the profile's runtime: fused elementwise ops
+    in a fused runtime) before and after calibration, and by the profile's own per-op and per-segment times
+    (what the planner adds up)."""
     out: dict = {}
     e2e = p.end_to_end
-    nets: dict[str, list[rl.OpSpec]] = {"original": [c.spec for c in baseline_ops(a, p.batch_size, p.precision)]}
+    nets: dict[str, list[CostedOp]] = {"original": baseline_ops(a, p.batch_size, p.precision)}
     if "merged" in e2e and isinstance(e2e["merged"].get("plan"), dict):
         plan = plan_from_json(e2e["merged"]["plan"], "profile end_to_end.merged.plan")
-        _, planned, _ = planned_ops(a, plan, p.batch_size, p.precision)
-        nets["merged"] = [c.spec for c in planned]
+        nets["merged"] = planned_ops(a, plan, p.batch_size, p.precision)[1]
+    models = {
+        label: RooflineCosts(a, dev, p.batch_size, p.precision, dev.calibration, runtime=p.runtime_name)
+        for label, dev in (("uncalibrated", before), ("calibrated", after))
+    }
+    models["profile"] = ProfileCosts(a, p)
     worst = 0.0
-    for name, specs in nets.items():
+    for name, items in nets.items():
         if name not in e2e:
             continue
         measured = float(e2e[name]["median_ms"])
         row = {"measured_ms": measured}
-        for label, dev in (("uncalibrated", before), ("calibrated", after)):
-            pred = rl.predict_network(specs, dev, p.precision, p.batch_size, dev.calibration).latency_ms
+        for label, costs in models.items():
+            pred = _priced_ms(costs, items)
             row[f"predicted_ms_{label}"] = pred
             row[f"abs_pct_err_{label}"] = abs(pred - measured) / measured * 100
         worst = max(worst, row["abs_pct_err_calibrated"])

@@ -119,7 +119,24 @@ def candidate_segments(a: Analysis) -> list[tuple[Segment, bool]]:
     return list(out.values())
 
 
-def _segment_module(seg: Segment, act: bool) -> tuple[nn.Module, nn.Module | None]:
+def segment_entry(seg: Segment) -> dict:
+    """What a profile records of a candidate segment besides its times: members and merged shape."""
+    return {
+        "members": list(seg.members),
+        "convs": len(seg.convs),
+        "c_in": seg.in_channels,
+        "c_out": seg.out_channels,
+        "kernel": list(seg.kernel),
+        "stride": list(seg.stride),
+        "groups": seg.groups,
+        "in_shape": list(seg.in_shape),
+        "out_shape": list(seg.out_shape),
+    }
+
+
+def segment_module(seg: Segment, act: bool) -> tuple[nn.Module, nn.Module | None]:
+    """The merged conv of ``seg`` with random weights and its shape's padding (and the ReLU6 after it, with
+    ``act``): what a profile times for the segment."""
     c_in, c_out, (kh, kw), stride = seg.in_channels, seg.out_channels, seg.kernel, seg.stride
     pad_h = max(0, (seg.out_shape[1] - 1) * stride[0] + kh - seg.in_shape[1])
     pad_w = max(0, (seg.out_shape[2] - 1) * stride[1] + kw - seg.in_shape[2])
@@ -182,19 +199,11 @@ def profile_model(
         ops = _per_op_times(a, x, dev, warmup, repeats)
         tick("per-op profile")
         for seg, act in segments:
-            conv, act_mod = _segment_module(seg, act)
+            conv, act_mod = segment_module(seg, act)
             conv = conv.to(dev, dtype=dtype, memory_format=fmt).eval()
             xin = torch.randn(batch_size, *seg.in_shape, dtype=dtype, device=dev).contiguous(memory_format=fmt)
             entry = {
-                "members": list(seg.members),
-                "convs": len(seg.convs),
-                "c_in": seg.in_channels,
-                "c_out": seg.out_channels,
-                "kernel": list(seg.kernel),
-                "stride": list(seg.stride),
-                "groups": seg.groups,
-                "in_shape": list(seg.in_shape),
-                "out_shape": list(seg.out_shape),
+                **segment_entry(seg),
                 "conv": _time_callable(lambda c=conv, t=xin: c(t), dev, warmup, repeats),
                 "act": None,
             }

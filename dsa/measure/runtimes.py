@@ -57,10 +57,27 @@ def runtime_info(name: str, threads: int | None = None) -> Runtime:
     if name == "compile":
         options["backend"] = "inductor"
     elif name == "onnxruntime":
-        options["graph_optimization_level"] = "ORT_ENABLE_ALL"
+        options |= {"graph_optimization_level": "ORT_ENABLE_ALL", "allow_spinning": False}
     elif name == "openvino":
         options |= {"device": "CPU", "inference_precision": "f32"}
     return Runtime(name, metadata.version(_PACKAGES[name]), options)
+
+
+def _ort_options(threads: int | None):
+    """ONNX Runtime's session options as dsa runs it: all graph optimizations, ``threads`` intra-op threads, and
+    no spin-waiting between parallel sections: measured here (2 cores, batch 32), spinning threads cost
+    mobilenet_v2_140 25% of its speed and its DS-F merged form 37% (docs/results.md, issue 14), and ONNX Runtime's
+    documentation advises turning it off where cores are shared."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    opts.log_severity_level = 3
+    return opts
 
 
 def _ort(model: nn.Module, example: torch.Tensor, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -68,13 +85,9 @@ def _ort(model: nn.Module, example: torch.Tensor, threads: int | None) -> Callab
 
     from dsa.export import onnx_bytes
 
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        opts.intra_op_num_threads = threads
-    opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    session = ort.InferenceSession(onnx_bytes(model, example), opts, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(
+        onnx_bytes(model, example), _ort_options(threads), providers=["CPUExecutionProvider"]
+    )
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
@@ -137,6 +150,12 @@ class NodeTime:
     name: str  # the runtime's node name (ONNX names carry the module path: /features/features.3/conv/conv.0/Conv)
     op_type: str  # e.g. Conv, FusedConv, Convolution, Add, GlobalAveragePool
     median_ms: float
+    runs_ms: tuple[float, ...] = ()  # the time of each timed run, in run order
+
+    @property
+    def layout_only(self) -> bool:
+        """A node that only converts the layout (the runtime's blocked formats) at the graph's edges."""
+        return self.op_type.startswith("Reorder")
 
 
 def _median(values: list[float]) -> float:
@@ -161,13 +180,9 @@ def node_times(name: str, model: nn.Module, example: torch.Tensor, repeats: int 
         import onnxruntime as ort
 
         with tempfile.TemporaryDirectory(prefix="dsa-ort-") as d:
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+            opts = _ort_options(threads)
             opts.enable_profiling = True
             opts.profile_file_prefix = os.path.join(d, "profile")
-            opts.log_severity_level = 3
-            if threads is not None:
-                opts.intra_op_num_threads = threads
             session = ort.InferenceSession(onnx_bytes(model.eval(), example), opts, providers=["CPUExecutionProvider"])
             for _ in range(repeats + 1):
                 session.run(None, {"input": x})
@@ -199,4 +214,4 @@ def node_times(name: str, model: nn.Module, example: torch.Tensor, repeats: int 
                 if info.status == ov.ProfilingInfo.Status.EXECUTED:
                     key = (info.node_name, info.node_type)
                     samples.setdefault(key, []).append(info.real_time.total_seconds() * 1e3)
-    return [NodeTime(n, t, _median(v)) for (n, t), v in samples.items()]
+    return [NodeTime(n, t, _median(v), tuple(v)) for (n, t), v in samples.items()]

@@ -1,0 +1,290 @@
+"""Profiles taken under a deployment runtime (ONNX Runtime, OpenVINO), with the runtime's own profiler.
+
+A runtime does not run the network op by op: the ONNX export folds every BN into its conv, and the runtime
+fuses activations and residual adds into the conv that produces them. So the profile records what the runtime
+runs:
+
+- ``ops``: the whole original network under the runtime's profiler (:func:`dsa.measure.runtimes.node_times`);
+  each executed node is attributed to the analysis op it comes from (ONNX node names carry the module path),
+  and a node that ends in an activation, BN or add is charged to the conv that produces it. The analysis ops
+  that ran inside another op's node are listed in ``fused`` (op -> the op it is charged to); layout conversions
+  and nodes that belong to no op are summed in ``end_to_end.unattributed_ms``;
+- ``segments``: every candidate merged segment, as a standalone graph in the runtime with the real shapes: the
+  merged conv (with the activation after it, when it keeps one, fused as the runtime fuses it: ``conv``) and
+  the original ops it replaces (``original``: its convs, BNs, activations and add, and the kept activation);
+- ``end_to_end``: the original network (and a merged one, with a plan) timed whole under the runtime.
+
+Standalone graphs are timed with the runtime's profiler too; their layout conversions at the graph's edges
+(which the network pays once, not per segment) are left out.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import platform
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+import roofline as rl
+from dsa.errors import DsaError
+from dsa.formats.plan import Plan
+from dsa.formats.profile import Profile, Stat
+from dsa.ir import FUSABLE_KINDS, POOL_TYPES, Analysis, Kind, Op, Segment, fused_into, signature_of
+from dsa.measure.runtimes import NodeTime, check_runtime, node_times, runtime_info
+from dsa.vocab import PROFILED_RUNTIMES
+
+# runtime node types -> the analysis op they may stand for when the name does not say (functional calls)
+_TYPE_KINDS = {
+    "Add": "add",
+    "Sum": "add",
+    "Eltwise": "add",
+    "GlobalAveragePool": "pool",
+    "ReduceMean": "pool",
+    "AveragePool": "pool",
+    "MaxPool": "pool",
+    "Gemm": "linear",
+    "MatMul": "linear",
+    "FullyConnected": "linear",
+}
+
+
+def scope_of(node_name: str) -> str:
+    """The module path an ONNX node name carries: ``/features/features.3/conv/conv.1/conv.1.2/Clip_output_0``
+    -> ``features.3.conv.1.2`` (each scope repeats its parent's path; the last part is the op)."""
+    if not node_name.startswith("/"):
+        return ""
+    path: list[str] = []
+    for part in node_name.split("/")[1:-1]:
+        if path and part.startswith(path[-1] + "."):
+            path[-1] = part
+        else:
+            path.append(part)
+    return ".".join(path)
+
+
+def _kind_of(op: Op) -> str:
+    if op.kind == Kind.ADD:
+        return "add"
+    if op.module_type in POOL_TYPES or "pool" in op.module_type.lower():
+        return "pool"
+    if op.module_type in ("Linear", "linear"):
+        return "linear"
+    return op.kind
+
+
+def _op_of(a: Analysis, node: NodeTime) -> Op | None:
+    """The analysis op a runtime node comes from: the longest module path of its name that names an op (the
+    node's own module, or one inside it); else the one op of the node's type in that scope."""
+    scope = scope_of(node.name)
+    parts = scope.split(".") if scope else []
+    for n in range(len(parts), 0, -1):
+        op = a.by_name.get(".".join(parts[:n]))
+        if op is not None:
+            return op
+    want = _TYPE_KINDS.get(node.op_type)
+    if want is None:
+        return None
+    under = [
+        op
+        for op in a.ops.values()
+        if _kind_of(op) == want and (not scope or op.name.startswith(scope + ".") or op.block == scope)
+    ]
+    return under[0] if len(under) == 1 else None
+
+
+def attribute(a: Analysis, nodes: Sequence[NodeTime]) -> tuple[dict[str, list[float]], dict[str, str], dict]:
+    """Runtime nodes -> (per-run times by op name, fused ops -> the op charged, unattributed node times)."""
+    from dsa.latency.ops import op_spec
+
+    runs: dict[str, list[float]] = {}
+    other: dict[str, float] = {}
+    for node in nodes:
+        op = None if node.layout_only else _op_of(a, node)
+        if op is None:
+            other[node.name] = node.median_ms
+            continue
+        target = fused_into(a, op)
+        samples = node.runs_ms or (node.median_ms,)
+        acc = runs.setdefault(target.name, [0.0] * len(samples))
+        for i, v in enumerate(samples[: len(acc)]):
+            acc[i] += v
+    fused = {}
+    for op in a.ops.values():
+        if op.name in runs or op.kind not in FUSABLE_KINDS or op_spec(a, op, 1, 4) is None:
+            continue
+        into = fused_into(a, op)
+        if into is not op:
+            fused[op.name] = into.name
+    return runs, fused, other
+
+
+def _act_after(a: Analysis, seg: Segment) -> Op | None:
+    for op in a.ops.values():
+        if seg.output_id in op.inputs and op.kind == Kind.ACT:
+            return op
+    return None
+
+
+def original_subgraph(a: Analysis, seg: Segment, act: bool) -> fx.GraphModule:
+    """The ops of the original network that ``seg`` replaces (and the activation it keeps after it), as a
+    network of their own that reads the segment's input."""
+    gm = a.graph_module
+    if gm is None:
+        raise DsaError("the analysis carries no traced network (it came from the cache); analyse the model again")
+    ids = list(seg.member_ids) + list(seg.skip_ids)
+    after = _act_after(a, seg) if act else None
+    if after is not None:
+        ids.append(after.id)
+    wanted = {a.ops[i].node for i in ids}
+    source = a.ops[seg.input_id].node
+    graph = fx.Graph()
+    env: dict[str, fx.Node] = {source: graph.placeholder("x")}
+    last = None
+    for n in gm.graph.nodes:
+        if n.name not in wanted:
+            continue
+        try:
+            env[n.name] = last = graph.node_copy(n, lambda m: env[m.name])
+        except KeyError as e:
+            raise DsaError(f"segment {seg.members[0]}..{seg.members[-1]} reads {e} from outside itself") from e
+    if last is None:
+        raise DsaError(f"segment {seg.members[0]}: none of its ops is in the traced network")
+    graph.output(last)
+    return fx.GraphModule(gm, graph)
+
+
+def _subgraph_stat(runtime: str, module: nn.Module, x: torch.Tensor, repeats: int, threads: int | None) -> Stat:
+    """The runtime's own per-node times of a standalone graph, summed per run (layout conversions left out)."""
+    nodes = [n for n in node_times(runtime, module, x, repeats, threads) if not n.layout_only]
+    if not nodes:
+        raise DsaError(f"{runtime} reported no executed node for a standalone graph")
+    n_runs = min(len(n.runs_ms) for n in nodes) or 1
+    totals = [sum(n.runs_ms[i] if n.runs_ms else n.median_ms for n in nodes) for i in range(n_runs)]
+    return Stat.of(totals)
+
+
+def _environment(runtime: str, threads: int | None) -> dict:
+    return {
+        "device": "cpu",
+        "device_name": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "threads": threads if threads is not None else torch.get_num_threads(),
+        "layout": "nchw",
+        "dtype": "fp32",
+        "runtime": runtime_info(runtime, threads).to_json(),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def check_profiled(runtime: str) -> str:
+    """``runtime`` if dsa can profile under it (installed, with a per-node profiler); else a DsaError."""
+    check_runtime(runtime)
+    if runtime not in PROFILED_RUNTIMES:
+        raise DsaError(
+            f"dsa profile measures under {', '.join(r for r in PROFILED_RUNTIMES if r != 'eager')} with their own "
+            f"profilers (and eager with torch.profiler); {runtime} has no per-node profiler here: time it with "
+            f"`dsa bench --runtime {runtime}`"
+        )
+    return runtime
+
+
+def profile_runtime(
+    model: nn.Module,
+    a: Analysis,
+    runtime: str,
+    *,
+    batch_size: int = 32,
+    threads: int | None = None,
+    warmup: int = 2,
+    repeats: int = 5,
+    plan: Plan | None = None,
+    segments: Sequence[tuple[Segment, bool]] | None = None,
+    device_spec: rl.DeviceSpec | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Profile:
+    """Measure ``model`` (analysed as ``a``, CPU float32) under ``runtime``; see the module docstring. A
+    KeyboardInterrupt stops measuring and returns what was measured so far, with ``complete=False``."""
+    from dsa.measure.profiler import candidate_segments, segment_entry, segment_module
+    from dsa.measure.timing import measure
+    from dsa.transform.merge import merge
+
+    if check_profiled(runtime) == "eager":
+        raise DsaError("eager profiles come from dsa.measure.profiler.profile_model (torch.profiler)")
+    model = model.float().cpu().eval()
+    a.graph_module.float().cpu().eval()
+    spec = device_spec or rl.measure_local_device("cpu", seconds=2.0)
+    size = a.input_size
+    x = torch.randn(batch_size, 3, size, size)
+    segments = list(segments) if segments is not None else candidate_segments(a)
+    total = 1 + len(segments) + 1
+    step = 0
+
+    def tick(what: str) -> None:
+        nonlocal step
+        step += 1
+        if progress:
+            progress(what, step, total)
+
+    ops: dict[str, Stat] = {}
+    fused: dict[str, str] = {}
+    segs: dict[str, dict] = {}
+    e2e: dict[str, dict] = {}
+    complete = True
+    try:
+        with torch.inference_mode():
+            runs, fused, other = attribute(a, node_times(runtime, model, x, repeats, threads))
+        ops = {name: Stat.of(v) for name, v in runs.items()}
+        e2e["unattributed_ms"] = sum(other.values())
+        tick("whole network, per node")
+        for seg, act in segments:
+            conv, act_mod = segment_module(seg, act)
+            merged = conv.eval() if act_mod is None else nn.Sequential(conv, act_mod).eval()
+            xin = torch.randn(batch_size, *seg.in_shape)
+            with torch.inference_mode():
+                entry = {
+                    **segment_entry(seg),
+                    "conv": _subgraph_stat(runtime, merged, xin, repeats, threads),
+                    "act": None,
+                    "act_fused": act_mod is not None,
+                    "original": _subgraph_stat(runtime, original_subgraph(a, seg, act), xin, repeats, threads),
+                }
+            segs[signature_of(seg)] = entry
+            tick(f"segment {seg.members[0]}")
+        nets = {"original": model}
+        if plan is not None:
+            nets["merged"] = merge(copy.deepcopy(model), plan)
+        res = measure(nets, batch_size, size, "cpu", False, warmup, repeats, runtime=runtime, threads=threads)
+        for name, t in res.items():
+            lat = [1e3 * batch_size / r for r in t.runs]
+            e2e[name] = {**Stat.of(lat).to_json(), "images_per_s": t.images_per_s, "batch_size": batch_size}
+            if name == "merged":
+                e2e[name]["plan"] = plan.to_json()
+        tick("end to end")
+    except KeyboardInterrupt:
+        complete = False
+    if ops:
+        e2e["sum_of_ops_ms"] = sum(s.median_ms for s in ops.values())
+    return Profile(
+        model=a.model_name,
+        fingerprint=a.fingerprint,
+        input_size=size,
+        batch_size=batch_size,
+        precision="fp32",
+        layout="nchw",
+        environment=_environment(runtime, threads),
+        device_spec=spec.to_dict(),
+        ops=ops,
+        segments=segs,
+        end_to_end=e2e,
+        warmup=warmup,
+        repeats=repeats,
+        complete=complete,
+        runtime=runtime_info(runtime, threads).to_json(),
+        fused=fused,
+    )
