@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -88,17 +87,27 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: in
     return err
 
 
+def openvino_compiled(data: bytes, config: dict | None = None):
+    """An ONNX model (bytes) compiled by OpenVINO for the CPU, in f32 (no silent bf16/fp16) unless ``config``
+    says otherwise; ``config`` adds OpenVINO properties (threads, hints, performance counters)."""
+    import openvino as ov
+
+    core = ov.Core()
+    with tempfile.TemporaryDirectory(prefix="dsa-ov-") as d:  # OpenVINO picks its reader by the file's suffix
+        path = Path(d) / "model.onnx"
+        path.write_bytes(data)
+        ov_model = core.read_model(str(path))
+    return core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", **(config or {})})
+
+
 def openvino_max_rel_error(model: nn.Module, example: torch.Tensor, onnx_path: str | Path) -> float | None:
     """Load an exported ONNX file with OpenVINO (CPU, f32) and compare its output with the model's; the max
     relative error (raises ExportError above 1e-4), or None when OpenVINO is not installed."""
     try:
-        import openvino as ov
+        import openvino  # noqa: F401
     except ImportError:
         return None
-    with tempfile.TemporaryDirectory(prefix="dsa-ov-") as d:  # OpenVINO picks its reader by the file's suffix
-        named = Path(d) / "model.onnx"
-        shutil.copyfile(onnx_path, named)
-        compiled = ov.Core().compile_model(str(named), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = openvino_compiled(Path(onnx_path).read_bytes())
     x = torch.cat([example, torch.randn_like(example)])
     got = torch.from_numpy(compiled(x.numpy())[0].copy())
     with torch.no_grad():

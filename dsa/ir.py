@@ -296,6 +296,11 @@ def fused_into(a: Analysis, op: Op) -> Op:
     return cur if cur.kind == Kind.CONV else op
 
 
+def act_after(a: Analysis, op_id: str) -> Op | None:
+    """The activation that reads the output of op ``op_id`` (the one a segment ending there keeps), if any."""
+    return next((op for op in a.ops.values() if op_id in op.inputs and op.kind == Kind.ACT), None)
+
+
 def segment_signature(c_in: int, c_out: int, kernel, stride, groups: int, h_in: int, w_in: int) -> str:
     """Key of a merged conv's shape: the same shape costs the same, whichever layers it came from."""
     return f"c{c_in}-{c_out}_k{kernel[0]}x{kernel[1]}_s{stride[0]}x{stride[1]}_g{groups}_in{h_in}x{w_in}"

@@ -232,33 +232,15 @@ def profile_cmd(
         def progress(what: str, step: int, total: int) -> None:
             bar.update(task, completed=step, total=total, description=what)
 
+        common = dict(
+            batch_size=batch_size, warmup=warmup, repeats=repeats, plan=p, device_spec=spec, progress=progress
+        )
         if runtime == "eager":
             prof = profile_model(
-                net,
-                a,
-                batch_size=batch_size,
-                precision=precision.value,
-                device=device,
-                channels_last=channels_last,
-                warmup=warmup,
-                repeats=repeats,
-                plan=p,
-                device_spec=spec,
-                progress=progress,
+                net, a, precision=precision.value, device=device, channels_last=channels_last, **common
             )
-        else:
-            prof = profile_runtime(
-                net,
-                a,
-                runtime,
-                batch_size=batch_size,
-                threads=threads or torch.get_num_threads(),  # what is recorded is what the runtime was given
-                warmup=warmup,
-                repeats=repeats,
-                plan=p,
-                device_spec=spec,
-                progress=progress,
-            )
+        else:  # the threads recorded are the threads the runtime was given
+            prof = profile_runtime(net, a, runtime, threads=threads or torch.get_num_threads(), **common)
     e2e = prof.end_to_end
     summary = f"{len(prof.ops)} ops, {len(prof.segments)} candidate segments"
     if "original" in e2e:

@@ -72,6 +72,7 @@ class RooflineCosts:
             calibration = cal
         self.calibration = calibration
         self._op_cache: dict[str, float] = {}
+        self._inside: dict[str, bool] = {}  # op id -> runs inside another op's kernel (fused runtimes)
 
     @property
     def source(self) -> str:
@@ -85,12 +86,11 @@ class RooflineCosts:
         if item.kind == "act":
             return True
         op = item.op
-        return (
-            item.kind == "op"
-            and op is not None
-            and op.kind in FUSABLE_KINDS
-            and fused_into(self.analysis, op) is not op
-        )
+        if item.kind != "op" or op is None or op.kind not in FUSABLE_KINDS:
+            return False
+        if op.id not in self._inside:
+            self._inside[op.id] = fused_into(self.analysis, op) is not op
+        return self._inside[op.id]
 
     def price(self, item: CostedOp) -> Priced:
         if self.runs_fused(item):

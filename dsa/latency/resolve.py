@@ -9,12 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import roofline as rl
-from dsa.errors import ArtifactError
+from dsa.errors import ArtifactError, DsaError
 from dsa.formats.profile import Profile, device_profiles, find_profile
 from dsa.ir import Analysis
 from dsa.latency.costs import CostModel
 from dsa.latency.evaluate import activation_savings, cost_model
-from dsa.vocab import DEFAULT_DEVICE, DEFAULT_RUNTIME
+from dsa.vocab import DEFAULT_DEVICE, DEFAULT_RUNTIME, RUNTIMES
 
 PROFILES_DIR = Path("profiles")
 DEFAULT_BATCH = 128
@@ -93,6 +93,8 @@ def resolve(
     them. Else on ``gpu`` (default v100) at ``batch`` (128) and ``precision`` (fp32), with a matching measured
     profile of ``profiles_dir/<device>/`` taken under ``runtime`` where there is one. The roofline models eager
     kernels: another runtime needs a profile taken under it."""
+    if runtime not in RUNTIMES:
+        raise DsaError(f"unknown --runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if profile is not None:
         profile.check_for(a, batch, precision, allow_incomplete=allow_incomplete, path=profile_path, runtime=runtime)
         warnings = incomplete_note(profile, profile_path)

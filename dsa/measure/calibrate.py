@@ -22,7 +22,7 @@ import roofline as rl
 from dsa.errors import ArtifactError
 from dsa.formats.plan import plan_from_json
 from dsa.formats.profile import Profile
-from dsa.ir import Analysis
+from dsa.ir import Analysis, act_after
 from dsa.latency.costs import ProfileCosts, RooflineCosts
 from dsa.latency.measured import MeasuredItem, entry_conv_spec, measured_items, with_calibration
 from dsa.latency.ops import CostedOp, baseline_ops, dtype_bytes, op_spec, planned_ops
@@ -118,10 +118,9 @@ def _segment_items(a: Analysis, p: Profile, entry: dict) -> tuple[list[CostedOp]
     cost models price them."""
     nbytes = dtype_bytes(p.precision)
     ops = [a.by_name[m] for m in entry["members"] if m in a.by_name]
-    ids = {op.id for op in ops}
-    if entry.get("act") or entry.get("act_fused"):
-        last = ops[-1].id
-        ops += [op for op in a.ops.values() if last in op.inputs and op.kind == "act" and op.id not in ids][:1]
+    after = act_after(a, ops[-1].id) if entry.get("act") or entry.get("act_fused") else None
+    if after is not None:
+        ops.append(after)
     original = []
     for op in ops:
         spec = op_spec(a, op, p.batch_size, nbytes)

@@ -119,6 +119,30 @@ def candidate_segments(a: Analysis) -> list[tuple[Segment, bool]]:
     return list(out.values())
 
 
+class Steps:
+    """Counts the steps of a measurement and reports each to ``progress(what, step, total)``."""
+
+    def __init__(self, total: int, progress: Callable[[str, int, int], None] | None) -> None:
+        self.total, self.step, self.progress = total, 0, progress
+
+    def tick(self, what: str) -> None:
+        self.step += 1
+        if self.progress:
+            self.progress(what, self.step, self.total)
+
+
+def end_to_end_rows(timings: dict, batch_size: int, plan: Plan | None) -> dict[str, dict]:
+    """A profile's ``end_to_end`` rows from :func:`dsa.measure.timing.measure` results: per-batch latency stats,
+    images/s and the batch; the merged row carries its plan."""
+    rows = {}
+    for name, t in timings.items():
+        lat = [1e3 * batch_size / r for r in t.runs]
+        rows[name] = {**Stat.of(lat).to_json(), "images_per_s": t.images_per_s, "batch_size": batch_size}
+        if name == "merged":
+            rows[name]["plan"] = plan.to_json()
+    return rows
+
+
 def segment_entry(seg: Segment) -> dict:
     """What a profile records of a candidate segment besides its times: members and merged shape."""
     return {
@@ -182,22 +206,14 @@ def profile_model(
     a.graph_module.to(dev, dtype=dtype, memory_format=fmt).eval()
     model.to(dev, dtype=dtype, memory_format=fmt).eval()
     segments = list(segments) if segments is not None else candidate_segments(a)
-    total = 1 + len(segments) + 1 + (plan is not None)
-    step = 0
-
-    def tick(what: str) -> None:
-        nonlocal step
-        step += 1
-        if progress:
-            progress(what, step, total)
-
+    steps = Steps(1 + len(segments) + 1 + (plan is not None), progress)
     ops: dict[str, Stat] = {}
     segs: dict[str, dict] = {}
     e2e: dict[str, dict] = {}
     complete = True
     try:
         ops = _per_op_times(a, x, dev, warmup, repeats)
-        tick("per-op profile")
+        steps.tick("per-op profile")
         for seg, act in segments:
             conv, act_mod = segment_module(seg, act)
             conv = conv.to(dev, dtype=dtype, memory_format=fmt).eval()
@@ -212,18 +228,15 @@ def profile_model(
                     y = conv(xin)
                 entry["act"] = _time_callable(lambda m=act_mod, t=y: m(t), dev, warmup, repeats)
             segs[signature_of(seg)] = entry
-            tick(f"segment {seg.members[0]}")
+            steps.tick(f"segment {seg.members[0]}")
         nets = {"original": model}
         if plan is not None:
             # merge a float32 CPU copy (merge verifies in float64 there), then time it like the original
             nets["merged"] = merge(copy.deepcopy(model).float().cpu(), plan).to(dev, dtype=dtype)
         res = measure(nets, batch_size, size, device, channels_last, warmup, repeats, dtype=dtype)
-        for name, t in res.items():
-            lat = [1e3 * batch_size / r for r in t.runs]
-            e2e[name] = {**Stat.of(lat).to_json(), "images_per_s": t.images_per_s, "batch_size": batch_size}
-            if name == "merged":
-                e2e[name]["plan"] = plan.to_json()
-            tick(f"end to end: {name}")
+        e2e |= end_to_end_rows(res, batch_size, plan)
+        for name in res:
+            steps.tick(f"end to end: {name}")
     except KeyboardInterrupt:
         complete = False
     if ops:

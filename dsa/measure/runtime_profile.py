@@ -33,7 +33,7 @@ import roofline as rl
 from dsa.errors import DsaError
 from dsa.formats.plan import Plan
 from dsa.formats.profile import Profile, Stat
-from dsa.ir import FUSABLE_KINDS, POOL_TYPES, Analysis, Kind, Op, Segment, fused_into, signature_of
+from dsa.ir import FUSABLE_KINDS, POOL_TYPES, Analysis, Kind, Op, Segment, act_after, fused_into, signature_of
 from dsa.measure.runtimes import NodeTime, check_runtime, node_times, runtime_info
 from dsa.vocab import PROFILED_RUNTIMES
 
@@ -122,13 +122,6 @@ def attribute(a: Analysis, nodes: Sequence[NodeTime]) -> tuple[dict[str, list[fl
     return runs, fused, other
 
 
-def _act_after(a: Analysis, seg: Segment) -> Op | None:
-    for op in a.ops.values():
-        if seg.output_id in op.inputs and op.kind == Kind.ACT:
-            return op
-    return None
-
-
 def original_subgraph(a: Analysis, seg: Segment, act: bool) -> fx.GraphModule:
     """The ops of the original network that ``seg`` replaces (and the activation it keeps after it), as a
     network of their own that reads the segment's input."""
@@ -136,7 +129,7 @@ def original_subgraph(a: Analysis, seg: Segment, act: bool) -> fx.GraphModule:
     if gm is None:
         raise DsaError("the analysis carries no traced network (it came from the cache); analyse the model again")
     ids = list(seg.member_ids) + list(seg.skip_ids)
-    after = _act_after(a, seg) if act else None
+    after = act_after(a, seg.output_id) if act else None
     if after is not None:
         ids.append(after.id)
     wanted = {a.ops[i].node for i in ids}
@@ -210,7 +203,7 @@ def profile_runtime(
 ) -> Profile:
     """Measure ``model`` (analysed as ``a``, CPU float32) under ``runtime``; see the module docstring. A
     KeyboardInterrupt stops measuring and returns what was measured so far, with ``complete=False``."""
-    from dsa.measure.profiler import candidate_segments, segment_entry, segment_module
+    from dsa.measure.profiler import Steps, candidate_segments, end_to_end_rows, segment_entry, segment_module
     from dsa.measure.timing import measure
     from dsa.transform.merge import merge
 
@@ -222,15 +215,7 @@ def profile_runtime(
     size = a.input_size
     x = torch.randn(batch_size, 3, size, size)
     segments = list(segments) if segments is not None else candidate_segments(a)
-    total = 1 + len(segments) + 1
-    step = 0
-
-    def tick(what: str) -> None:
-        nonlocal step
-        step += 1
-        if progress:
-            progress(what, step, total)
-
+    steps = Steps(1 + len(segments) + 1, progress)
     ops: dict[str, Stat] = {}
     fused: dict[str, str] = {}
     segs: dict[str, dict] = {}
@@ -241,7 +226,7 @@ def profile_runtime(
             runs, fused, other = attribute(a, node_times(runtime, model, x, repeats, threads))
         ops = {name: Stat.of(v) for name, v in runs.items()}
         e2e["unattributed_ms"] = sum(other.values())
-        tick("whole network, per node")
+        steps.tick("whole network, per node")
         for seg, act in segments:
             conv, act_mod = segment_module(seg, act)
             merged = conv.eval() if act_mod is None else nn.Sequential(conv, act_mod).eval()
@@ -255,17 +240,13 @@ def profile_runtime(
                     "original": _subgraph_stat(runtime, original_subgraph(a, seg, act), xin, repeats, threads),
                 }
             segs[signature_of(seg)] = entry
-            tick(f"segment {seg.members[0]}")
+            steps.tick(f"segment {seg.members[0]}")
         nets = {"original": model}
         if plan is not None:
             nets["merged"] = merge(copy.deepcopy(model), plan)
         res = measure(nets, batch_size, size, "cpu", False, warmup, repeats, runtime=runtime, threads=threads)
-        for name, t in res.items():
-            lat = [1e3 * batch_size / r for r in t.runs]
-            e2e[name] = {**Stat.of(lat).to_json(), "images_per_s": t.images_per_s, "batch_size": batch_size}
-            if name == "merged":
-                e2e[name]["plan"] = plan.to_json()
-        tick("end to end")
+        e2e |= end_to_end_rows(res, batch_size, plan)
+        steps.tick("end to end")
     except KeyboardInterrupt:
         complete = False
     if ops:

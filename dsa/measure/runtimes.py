@@ -96,21 +96,12 @@ def _ort(model: nn.Module, example: torch.Tensor, threads: int | None) -> Callab
 
 
 def _openvino(model: nn.Module, example: torch.Tensor, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    import openvino as ov
+    from dsa.export import onnx_bytes, openvino_compiled
 
-    from dsa.export import onnx_bytes
-
-    core = ov.Core()
-    with tempfile.TemporaryDirectory(prefix="dsa-ov-") as d:
-        path = os.path.join(d, "model.onnx")
-        with open(path, "wb") as f:
-            f.write(onnx_bytes(model, example))
-        ov_model = core.read_model(path)
-    config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": "f32"}  # no silent bf16/fp16
+    config: dict = {"PERFORMANCE_HINT": "LATENCY"}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
-    compiled = core.compile_model(ov_model, "CPU", config)
-    request = compiled.create_infer_request()
+    request = openvino_compiled(onnx_bytes(model, example), config).create_infer_request()
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(request.infer({0: x.numpy()})[0].copy())
@@ -197,16 +188,12 @@ def node_times(name: str, model: nn.Module, example: torch.Tensor, repeats: int 
     else:
         import openvino as ov
 
-        core = ov.Core()
-        with tempfile.TemporaryDirectory(prefix="dsa-ov-") as d:
-            path = os.path.join(d, "model.onnx")
-            with open(path, "wb") as f:
-                f.write(onnx_bytes(model.eval(), example))
-            ov_model = core.read_model(path)
-        config = {"PERF_COUNT": True, "INFERENCE_PRECISION_HINT": "f32"}
+        from dsa.export import openvino_compiled
+
+        config: dict = {"PERF_COUNT": True}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
-        request = core.compile_model(ov_model, "CPU", config).create_infer_request()
+        request = openvino_compiled(onnx_bytes(model.eval(), example), config).create_infer_request()
         request.infer({0: x})
         for _ in range(repeats):
             request.infer({0: x})
