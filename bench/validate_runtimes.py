@@ -26,8 +26,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--profiles", type=Path, default=Path("profiles"))
     p.add_argument("--device", default="local-cpu")
+    p.add_argument("--precision", default="fp32", help="the profiles' precision: fp32, or int8 (quantized graphs)")
     args = p.parse_args()
-    found = [(q, path) for q, path in device_profiles(args.profiles, args.device) if q.runtime_name in FUSED_RUNTIMES]
+    found = [
+        (q, path)
+        for q, path in device_profiles(args.profiles, args.device)
+        if q.runtime_name in FUSED_RUNTIMES and q.precision == args.precision
+    ]
     analyses = {}
     fitted = {}
     reports = []
@@ -48,9 +53,11 @@ def main() -> None:
                 rep = validate(analyses[model], q_other, cal)
                 cross.append((model, rt, batch, b2, rep))
     lines = [
-        "# Prediction quality under each runtime",
+        "# Prediction quality under each runtime" + ("" if args.precision == "fp32" else f", {args.precision}"),
         "",
-        f"`python bench/validate_runtimes.py --out {args.out}`",
+        f"`python bench/validate_runtimes.py --out {args.out}"
+        + ("" if args.precision == "fp32" else f" --precision {args.precision}")
+        + "`",
         "",
         "Held-out items: a deterministic ~25% of each profile's items (CRC32 of the name). `segments` are the "
         "candidate merged convs timed as standalone graphs in the runtime; `ops` the original network's nodes as "

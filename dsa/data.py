@@ -319,3 +319,14 @@ def dataset_classes(spec: str | Path) -> tuple[str, ...]:
     if not (path / "train").is_dir():
         raise DataError(f"--data {spec}: {path / 'train'} is missing; an image folder needs train/ and val/")
     return tuple(sorted(d.name for d in (path / "train").iterdir() if d.is_dir() and not d.name.startswith(".")))
+
+
+def calibration_images(bundle: DataBundle, n: int, split: str = "train") -> torch.Tensor:
+    """``n`` images of ``split`` as the network takes them (normalised float32 ``[n, 3, S, S]``), spread evenly
+    over the split (every k-th image, so every class is represented): the calibration set of INT8 quantization."""
+    ds = bundle.split(split)
+    if n < 1 or len(ds) == 0:
+        raise DataError(f"INT8 calibration needs at least one image; {bundle.name} {split} has {len(ds)}")
+    idx = np.linspace(0, len(ds) - 1, num=min(n, len(ds))).round().astype(int)
+    x = torch.stack([ds[int(i)][0] for i in idx])
+    return prepare_batch(x, "cpu", bundle.mean, bundle.std)

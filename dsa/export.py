@@ -60,6 +60,20 @@ def onnx_bytes(model: nn.Module, example: torch.Tensor, opset: int = 17) -> byte
     return buf.getvalue()
 
 
+def scope_of(node_name: str) -> str:
+    """The module path an ONNX node name carries: ``/features/features.3/conv/conv.1/conv.1.2/Clip_output_0``
+    -> ``features.3.conv.1.2`` (each scope repeats its parent's path; the last part is the op)."""
+    if not node_name.startswith("/"):
+        return ""
+    path: list[str] = []
+    for part in node_name.split("/")[1:-1]:
+        if path and part.startswith(path[-1] + "."):
+            path[-1] = part
+        else:
+            path.append(part)
+    return ".".join(path)
+
+
 def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: int = 17) -> float:
     """Export ONNX (batch dimension dynamic), check it with onnx.checker and compare onnxruntime's output with
     the model's; returns that max relative error (raises ExportError above 1e-4)."""
@@ -87,17 +101,27 @@ def to_onnx(model: nn.Module, example: torch.Tensor, path: str | Path, opset: in
     return err
 
 
-def openvino_compiled(data: bytes, config: dict | None = None):
-    """An ONNX model (bytes) compiled by OpenVINO for the CPU, in f32 (no silent bf16/fp16) unless ``config``
-    says otherwise; ``config`` adds OpenVINO properties (threads, hints, performance counters)."""
+def openvino_model(data: bytes):
+    """An ONNX model (bytes) read by OpenVINO (an ``openvino.Model``)."""
     import openvino as ov
 
-    core = ov.Core()
     with tempfile.TemporaryDirectory(prefix="dsa-ov-") as d:  # OpenVINO picks its reader by the file's suffix
         path = Path(d) / "model.onnx"
         path.write_bytes(data)
-        ov_model = core.read_model(str(path))
-    return core.compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", **(config or {})})
+        return ov.Core().read_model(str(path))
+
+
+def openvino_compile(ov_model, config: dict | None = None):
+    """An ``openvino.Model`` compiled for the CPU, in f32 (no silent bf16/fp16 for what is not quantized) unless
+    ``config`` says otherwise; ``config`` adds OpenVINO properties (threads, hints, performance counters)."""
+    import openvino as ov
+
+    return ov.Core().compile_model(ov_model, "CPU", {"INFERENCE_PRECISION_HINT": "f32", **(config or {})})
+
+
+def openvino_compiled(data: bytes, config: dict | None = None):
+    """An ONNX model (bytes) compiled by OpenVINO for the CPU (:func:`openvino_compile`)."""
+    return openvino_compile(openvino_model(data), config)
 
 
 def openvino_max_rel_error(model: nn.Module, example: torch.Tensor, onnx_path: str | Path) -> float | None:

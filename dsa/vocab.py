@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16")  # the same as roofline.PRECISIONS (a test checks)
-PRECISION_BYTES = MappingProxyType({"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2})
+# the same as roofline.PRECISIONS (a test checks); int8: post-training INT8 under ONNX Runtime / OpenVINO (CPU)
+PRECISIONS: tuple[str, ...] = ("fp32", "tf32", "fp16", "bf16", "int8")
+PRECISION_BYTES = MappingProxyType({"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "int8": 1})
 LAYOUTS: tuple[str, ...] = ("nchw", "channels_last")  # as profiles record them
 DEFAULT_MODEL = "mobilenet_v2_140"
 DEFAULT_DEVICE = "v100"  # the roofline device when none is given
@@ -17,3 +18,8 @@ FUSED_RUNTIMES: frozenset[str] = frozenset({"compile", "onnxruntime", "openvino"
 # runtimes whose own profiler reports per-node times (dsa.measure.runtimes.node_times): what `dsa profile` can
 # measure a network under besides eager
 PROFILED_RUNTIMES: tuple[str, ...] = ("eager", "onnxruntime", "openvino")
+# runtimes dsa quantizes networks to INT8 for, with their own post-training tooling (dsa.quantize): ONNX
+# Runtime's static quantization and NNCF for OpenVINO
+INT8_RUNTIMES: tuple[str, ...] = ("onnxruntime", "openvino")
+#: what a network can be deployed in under a runtime: float32, or post-training static INT8 (INT8_RUNTIMES)
+DEPLOY_PRECISIONS: tuple[str, ...] = ("fp32", "int8")

@@ -38,7 +38,7 @@ DEVICE_KINDS = ("gpu", "cpu")
 PEAK_UNITS = ("cuda_fp32", "cuda_fp16", "tensor_fp16", "tensor_bf16", "tensor_tf32")
 
 
-PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
+PRECISIONS = ("fp32", "tf32", "fp16", "bf16", "int8")  # int8: CPU devices with a measured int8 matmul rate
 
 
 PEAK_SOURCES = ("datasheet", "measured")

@@ -69,6 +69,24 @@ def _best_time(fn: Callable[[], float], budget_s: float, min_reps: int = 3, max_
     return best
 
 
+def _cpu_int8_tops(torch: Any, n: int, budget_s: float) -> float | None:
+    """Achieved int8 x int8 -> int32 matmul TOPS (``torch._int_mm``, oneDNN's VNNI kernels where the CPU has
+    them), or None where this torch has no CPU int8 matmul."""
+    try:
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        torch._int_mm(a, b)
+    except (AttributeError, RuntimeError, NotImplementedError):
+        return None
+
+    def run() -> float:
+        t0 = time.perf_counter()
+        torch._int_mm(a, b)
+        return time.perf_counter() - t0
+
+    return 2.0 * n**3 / _best_time(run, budget_s) / 1e12
+
+
 def _measure_cpu(torch: Any, seconds: float, name: str) -> DeviceSpec:
     # 512 after a warm-up; 1024 when a 512 product is short against the budget.
     matmul_budget = 0.55 * seconds
@@ -90,7 +108,10 @@ def _measure_cpu(torch: Any, seconds: float, name: str) -> DeviceSpec:
         return time.perf_counter() - t0
 
     mm_s = _best_time(run_mm, matmul_budget)
-    matmul_tflops = 2.0 * n**3 / mm_s / 1e12
+    matmul_tflops = {"fp32": round(2.0 * n**3 / mm_s / 1e12, 6)}
+    int8_tops = _cpu_int8_tops(torch, n, 0.15 * seconds)
+    if int8_tops is not None:
+        matmul_tflops["int8"] = round(int8_tops, 6)
 
     numel = 16 * 2**20  # 64 MiB of fp32: beyond any CPU cache
     src = torch.ones(numel)
@@ -110,7 +131,8 @@ def _measure_cpu(torch: Any, seconds: float, name: str) -> DeviceSpec:
 
     details = (
         f"torch {torch.__version__}, {torch.get_num_threads()} threads; matmul {n}x{n} fp32 best of "
-        f"repeats; copy 64 MiB fp32 (read+write bytes); dispatch = median tiny add_; "
+        f"repeats{'' if int8_tops is None else f', int8 {n}x{n} torch._int_mm (int32 accumulation)'}; "
+        "copy 64 MiB fp32 (read+write bytes); dispatch = median tiny add_; "
         f"{_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')}"
     )
     return DeviceSpec(
@@ -126,7 +148,7 @@ def _measure_cpu(torch: Any, seconds: float, name: str) -> DeviceSpec:
         peaks_source="measured",
         aliases=(),
         measured=Measured(
-            matmul_tflops={"fp32": round(matmul_tflops, 6)},
+            matmul_tflops=matmul_tflops,
             copy_bandwidth_gbps=round(copy_gbps, 3),
             details=details,
         ),

@@ -88,7 +88,7 @@ ELEMENTS_PER_BLOCK: Mapping[str, int] = MappingProxyType(
     }
 )
 #: Bytes per element each precision stores.
-PRECISION_DTYPE_BYTES: Mapping[str, int] = MappingProxyType({"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2})
+PRECISION_DTYPE_BYTES: Mapping[str, int] = MappingProxyType({"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "int8": 1})
 
 _FUSION_PRODUCERS = frozenset(GEMM_CLASSES | {OpClass.DEPTHWISE_CONV})
 
@@ -197,6 +197,11 @@ def select_unit(op: OpSpec, device: DeviceSpec, precision: str) -> str:
     _check_precision(precision)
     if device.kind == "cpu":
         return "cpu"
+    if precision == "int8":
+        raise RooflineError(
+            f"int8 is modelled on CPU devices (their measured int8 matmul rate); {device.name} is a GPU, whose INT8 "
+            "runs under TensorRT, which dsa has no adapter for yet"
+        )
     eligible = _tensor_eligible(op)
     peaks = device.peaks_tflops
     if precision == "tf32" and eligible and peaks.tensor_tf32:
@@ -245,6 +250,11 @@ def _ceilings(device: DeviceSpec, unit: str, precision: str) -> tuple[float, flo
     """(compute peak in FLOP/ms, bandwidth in bytes/ms) at efficiency 1."""
     if device.kind == "cpu":
         matmul = device.measured.matmul_tflops or {}
+        if precision == "int8" and "int8" not in matmul:
+            raise RooflineError(
+                f"CPU device {device.name!r} has no measured int8 matmul rate; measure it again "
+                "(measure_local_device('cpu') times torch._int_mm)"
+            )
         peak = matmul.get(precision, matmul.get("fp32"))
         if peak is None:
             peak = device.peaks_tflops.cuda_fp32

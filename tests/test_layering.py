@@ -22,6 +22,7 @@ LAYERS: list[set[str]] = [
     {"dsa.transform", "dsa.transform.layers", "dsa.transform.merge"},
     {"dsa.networks"},
     {"dsa.export"},
+    {"dsa.quantize"},  # INT8 with the runtimes' own tooling
     {"dsa.latency", "dsa.latency.ops", "dsa.latency.measured"},
     {"dsa.latency.costs"},
     {"dsa.latency.evaluate"},
@@ -48,6 +49,7 @@ LAYERS: list[set[str]] = [
         "dsa.commands.merging",
         "dsa.commands.network",
         "dsa.commands.planning",
+        "dsa.commands.quantizing",
         "dsa.commands.training",
     },
     {"dsa.commands"},

@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from dsa.vocab import DEFAULT_DEVICE as DEFAULT_GPU
-from dsa.vocab import PRECISIONS
+from dsa.vocab import DEPLOY_PRECISIONS, PRECISIONS
 
 out = Console(highlight=False, soft_wrap=True)
 
@@ -30,6 +30,9 @@ class Format(str, Enum):
 
 
 Precision = Enum("Precision", {p: p for p in PRECISIONS}, type=str)  # fp32, tf32, fp16, bf16
+
+
+DeployPrecision = Enum("DeployPrecision", {p: p for p in DEPLOY_PRECISIONS}, type=str)  # fp32, int8
 
 
 class Granularity(str, Enum):
@@ -110,6 +113,27 @@ RuntimeOpt = Annotated[
         help="What the network runs with: eager (default, DepthShrinker's protocol), compile (torch.compile), "
         "onnxruntime or openvino (CPU, via ONNX).",
     ),
+]
+
+
+DeployPrecisionOpt = Annotated[
+    DeployPrecision,
+    typer.Option(
+        "--precision",
+        help="fp32, or int8: both networks quantized post-training with the runtime's own tooling (onnxruntime: "
+        "its static quantization; openvino: NNCF).",
+    ),
+]
+CalibrationDataOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--calibration-data",
+        help="INT8 calibration images: elpv or an ImageFolder directory (its train split; default: random images, "
+        "fine for speed, which does not depend on them).",
+    ),
+]
+CalibrationImagesOpt = Annotated[
+    int, typer.Option("--calibration-images", min=1, help="How many images INT8 calibration uses.")
 ]
 
 

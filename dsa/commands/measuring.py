@@ -10,7 +10,11 @@ from rich.table import Table
 
 from dsa.commands._common import (
     AllowIncompleteOpt,
+    CalibrationDataOpt,
+    CalibrationImagesOpt,
     CheckpointOpt,
+    DeployPrecision,
+    DeployPrecisionOpt,
     DeviceOpt,
     Format,
     FormatOpt,
@@ -53,10 +57,14 @@ def bench_cmd(
     pretrained: PretrainedOpt = False,
     checkpoint: CheckpointOpt = None,
     input_size: InputSizeOpt = None,
+    precision: DeployPrecisionOpt = DeployPrecision.fp32,
+    calibration_data: CalibrationDataOpt = None,
+    calibration_images: CalibrationImagesOpt = 32,
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Measured images/s of the original network, of it with only its BNs folded, and of the merged network,
-    interleaved in one run (speed does not depend on the weights)."""
+    interleaved in one run (speed does not depend on the weights). With --precision int8 (onnxruntime,
+    openvino): the original and the merged network each quantized the same way, timed with their float32 forms."""
     import torch
     from rich.progress import Progress
 
@@ -68,8 +76,15 @@ def bench_cmd(
     from dsa.transform.merge import bn_folded_network, merge
 
     check_runtime(runtime)
+    int8 = precision == DeployPrecision.int8
+    if int8:
+        from dsa.quantize import check_quantizable
+
+        check_quantizable(runtime)
     if channels_last and runtime not in ("eager", "compile"):
         raise DsaError(f"--channels-last applies to eager and compile; {runtime} chooses its own layout")
+    if calibration_data is not None and not int8:
+        raise DsaError("--calibration-data calibrates INT8 quantization: add --precision int8")
     device = resolve_device(device)
     p = None
     if plan is not None:
@@ -79,11 +94,22 @@ def bench_cmd(
         torch.set_num_threads(threads)
     net = create_model(model, pretrained=pretrained, checkpoint=checkpoint)
     size = input_size or (p.input_size if p is not None else default_size(model))
-    models = {"original": net, "bn_folded": bn_folded_network(net, model, size)}
+    calibration = None
+    if int8:
+        calibration = _calibration(net, size, calibration_data, calibration_images, pretrained or checkpoint)
+    models = {"original": net}
+    if not int8:  # under INT8 the runtimes fold BN themselves, and the baseline is the original INT8 network
+        models["bn_folded"] = bn_folded_network(net, model, size)
     if p is not None:
         models["merged"] = merge(net, p)
+    if int8:
+        models |= {f"{k}_fp32": v for k, v in list(models.items())}
     random_weights_warning(pretrained, checkpoint, "fine for speed, which does not depend on the weights")
     with Progress(console=err, transient=True) as bar:
+        if int8:
+            bar.add_task(
+                f"quantizing {sum(not k.endswith('_fp32') for k in models)} network(s) for {runtime}", total=None
+            )
         task = bar.add_task("timing", total=repeats * len(models))
         res = measure(
             models,
@@ -96,6 +122,8 @@ def bench_cmd(
             progress=lambda *_: bar.advance(task),
             runtime=runtime,
             threads=threads,
+            precisions={k: "fp32" if k.endswith("_fp32") else "int8" for k in models} if int8 else None,
+            calibration=calibration,
         )
     orig = res["original"].images_per_s
     result = {
@@ -109,12 +137,20 @@ def bench_cmd(
         "warmup": warmup,
         "repeats": repeats,
         **{k: v.to_json() for k, v in res.items()},
+        "precision": precision.value,
         "speedup": res["merged"].images_per_s / orig if "merged" in res else None,
-        "bn_folded_speedup": res["bn_folded"].images_per_s / orig,
+        "bn_folded_speedup": res["bn_folded"].images_per_s / orig if "bn_folded" in res else None,
         "speedup_over_bn_folded": (
-            res["merged"].images_per_s / res["bn_folded"].images_per_s if "merged" in res else None
+            res["merged"].images_per_s / res["bn_folded"].images_per_s
+            if "merged" in res and "bn_folded" in res
+            else None
         ),
     }
+    if int8:
+        from dsa.quantize import scheme
+
+        result |= _int8_ratios(res) | {"quantization": scheme(runtime) | {"calibration_images": len(calibration)}}
+        result["calibration_data"] = calibration_data or "random"
     if fmt == Format.json:
         emit_json(result)
         return
@@ -126,10 +162,13 @@ def bench_cmd(
         "IQR",
         "ms/batch",
         "vs original",
-        title=f"{model} under {runtime} {result['runtime']['version']}, batch {batch_size}, {size} px, "
-        f"{result['layout']}, {device}, {result['threads']} threads, median of {repeats} interleaved runs",
+        title=f"{model} under {runtime} {result['runtime']['version']}, {precision.value}, batch {batch_size}, "
+        f"{size} px, {result['layout']}, {device}, {result['threads']} threads, median of {repeats} interleaved runs",
     )
     names = {"original": "original", "bn_folded": "BN folded only", "merged": "merged"}
+    if int8:
+        names = {"original": "original INT8", "merged": "merged INT8", "original_fp32": "original fp32"}
+        names["merged_fp32"] = "merged fp32"
     for k, v in res.items():
         t.add_row(
             names.get(k, k),
@@ -141,11 +180,50 @@ def bench_cmd(
             f"{v.images_per_s / orig:.2f}x",
         )
     out.print(t)
-    if result["speedup"]:
+    if int8:
+        line = f"INT8 gain on the original: {result['int8_gain_original']:.2f}x"
+        if result["speedup"]:
+            line = (
+                f"speed-up (merged INT8 over original INT8): {result['speedup']:.2f}x; over the original fp32 "
+                f"{result['speedup_over_original_fp32']:.2f}x; fp32 merging alone {result['speedup_fp32']:.2f}x; "
+                + line
+                + f", on the merged {result['int8_gain_merged']:.2f}x"
+            )
+        out.print(line)
+    elif result["speedup"]:
         out.print(
             f"speed-up: {result['speedup']:.2f}x"
             + bn_folded_note(result["bn_folded_speedup"], result["speedup_over_bn_folded"])
         )
+
+
+def _calibration(net, size: int, data: str | None, n: int, trained):
+    """INT8 calibration inputs for ``dsa bench``: ``n`` images of ``data``'s train split, or random images (then a
+    network with random weights first gets BN statistics that fit them: :func:`dsa.quantize.settle_random_weights`)."""
+    import torch
+
+    from dsa.quantize import settle_random_weights
+
+    if data is not None:
+        from dsa.data import calibration_images, load_data
+
+        return calibration_images(load_data(data, size), n)
+    if not trained:
+        settle_random_weights(net, size)
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(1))
+
+
+def _int8_ratios(res: dict) -> dict:
+    """What INT8 and merging give, apart and together: ``speedup`` stays merged INT8 over original INT8."""
+    ips = {k: v.images_per_s for k, v in res.items()}
+    out = {"int8_gain_original": ips["original"] / ips["original_fp32"]}
+    if "merged" in ips:
+        out |= {
+            "int8_gain_merged": ips["merged"] / ips["merged_fp32"],
+            "speedup_fp32": ips["merged_fp32"] / ips["original_fp32"],
+            "speedup_over_original_fp32": ips["merged"] / ips["original_fp32"],
+        }
+    return out
 
 
 @command("profile")
@@ -166,7 +244,7 @@ def profile_cmd(
         typer.Option(
             "--runtime",
             help="eager (default: torch.profiler), onnxruntime (its session profiler) or openvino (its performance "
-            "counters); CPU, fp32.",
+            "counters); CPU, fp32 or int8 (every graph quantized by the runtime's own tooling).",
         ),
     ] = "eager",
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs of each op, segment and network first.")] = 2,
@@ -199,10 +277,12 @@ def profile_cmd(
     if runtime != "eager":
         if channels_last:
             raise DsaError(f"--channels-last applies to eager; {runtime} chooses its own layout")
-        if device != "cpu" or precision != Precision.fp32:
+        if device != "cpu" or precision.value not in ("fp32", "int8"):
             raise DsaError(
-                f"--runtime {runtime} is profiled on the CPU in fp32 here: use --device cpu --precision fp32"
+                f"--runtime {runtime} is profiled on the CPU in fp32 or int8 here: use --device cpu --precision fp32"
             )
+    elif precision.value == "int8":
+        raise DsaError("int8 networks are quantized and profiled by a runtime: add --runtime onnxruntime|openvino")
     p = None
     if plan is not None:
         p, model = plan_and_model(plan, model)
@@ -215,6 +295,10 @@ def profile_cmd(
     net, a = model_and_analysis(model, pretrained, checkpoint, input_size or (p.input_size if p else None))
     if p is not None:
         p.check(a)
+    if precision.value == "int8" and not (pretrained or checkpoint):
+        from dsa.quantize import settle_random_weights
+
+        settle_random_weights(net, a.input_size)  # else INT8 computes zeros (speed does not depend on weights)
     spec = rl.measure_local_device(device, seconds=2.0)
     layout = "channels_last" if channels_last else "nchw"
     path = out_path or profile_path(spec.name, a.model_name, batch_size, precision.value, layout, runtime=runtime)
@@ -240,7 +324,9 @@ def profile_cmd(
                 net, a, precision=precision.value, device=device, channels_last=channels_last, **common
             )
         else:  # the threads recorded are the threads the runtime was given
-            prof = profile_runtime(net, a, runtime, threads=threads or torch.get_num_threads(), **common)
+            prof = profile_runtime(
+                net, a, runtime, threads=threads or torch.get_num_threads(), precision=precision.value, **common
+            )
     e2e = prof.end_to_end
     summary = f"{len(prof.ops)} ops, {len(prof.segments)} candidate segments"
     if "original" in e2e:

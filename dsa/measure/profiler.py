@@ -22,7 +22,8 @@ from dsa.ir import Analysis, Segment, signature_of
 from dsa.measure.timing import sync, time_callable
 from dsa.vocab import DEFAULT_DEVICE, PRECISIONS
 
-TORCH_DTYPES = dict(zip(PRECISIONS, (torch.float32, torch.float32, torch.float16, torch.bfloat16), strict=True))
+# the precisions eager PyTorch profiles in (int8 is a runtime's quantized network: dsa.measure.runtime_profile)
+TORCH_DTYPES = dict(zip(PRECISIONS[:4], (torch.float32, torch.float32, torch.float16, torch.bfloat16), strict=True))
 
 
 def environment(device: torch.device, layout: str, precision: str) -> dict:
@@ -191,6 +192,10 @@ def profile_model(
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise DsaError(f"--device {device}: CUDA is not available here; use --device cpu")
+    if precision == "int8":
+        raise DsaError(
+            "int8 networks are quantized and profiled by a runtime: --runtime onnxruntime|openvino --precision int8"
+        )
     if precision not in TORCH_DTYPES:
         raise DsaError(f"unknown precision {precision!r}; choose one of {', '.join(TORCH_DTYPES)}")
     if precision == "tf32" and dev.type != "cuda":

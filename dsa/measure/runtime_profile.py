@@ -31,6 +31,7 @@ from torch import nn
 
 import roofline as rl
 from dsa.errors import DsaError
+from dsa.export import scope_of
 from dsa.formats.plan import Plan
 from dsa.formats.profile import Profile, Stat
 from dsa.ir import FUSABLE_KINDS, POOL_TYPES, Analysis, Kind, Op, Segment, act_after, fused_into, signature_of
@@ -49,21 +50,15 @@ _TYPE_KINDS = {
     "Gemm": "linear",
     "MatMul": "linear",
     "FullyConnected": "linear",
+    # INT8 graphs: ONNX Runtime's QDQ-fused kernels, OpenVINO's quantized fully connected layer
+    "QLinearAdd": "add",
+    "QLinearGlobalAveragePool": "pool",
+    "QLinearAveragePool": "pool",
+    "QGemm": "linear",
+    "QLinearMatMul": "linear",
+    "FullyConnectedQuantized": "linear",
+    "FullyConnectedQuantizedLegacy": "linear",
 }
-
-
-def scope_of(node_name: str) -> str:
-    """The module path an ONNX node name carries: ``/features/features.3/conv/conv.1/conv.1.2/Clip_output_0``
-    -> ``features.3.conv.1.2`` (each scope repeats its parent's path; the last part is the op)."""
-    if not node_name.startswith("/"):
-        return ""
-    path: list[str] = []
-    for part in node_name.split("/")[1:-1]:
-        if path and part.startswith(path[-1] + "."):
-            path[-1] = part
-        else:
-            path.append(part)
-    return ".".join(path)
 
 
 def _kind_of(op: Op) -> str:
@@ -150,9 +145,12 @@ def original_subgraph(a: Analysis, seg: Segment, act: bool) -> fx.GraphModule:
     return fx.GraphModule(gm, graph)
 
 
-def _subgraph_stat(runtime: str, module: nn.Module, x: torch.Tensor, repeats: int, threads: int | None) -> Stat:
-    """The runtime's own per-node times of a standalone graph, summed per run (layout conversions left out)."""
-    nodes = [n for n in node_times(runtime, module, x, repeats, threads) if not n.layout_only]
+def _subgraph_stat(
+    runtime: str, module: nn.Module, x: torch.Tensor, repeats: int, threads: int | None, int8: bool = False
+) -> Stat:
+    """The runtime's own per-node times of a standalone graph (quantized first with ``int8``), summed per run
+    (layout conversions left out)."""
+    nodes = [n for n in node_times(runtime, module, x, repeats, threads, int8=int8) if not n.layout_only]
     if not nodes:
         raise DsaError(f"{runtime} reported no executed node for a standalone graph")
     n_runs = min(len(n.runs_ms) for n in nodes) or 1
@@ -160,7 +158,7 @@ def _subgraph_stat(runtime: str, module: nn.Module, x: torch.Tensor, repeats: in
     return Stat.of(totals)
 
 
-def _environment(runtime: str, threads: int | None) -> dict:
+def _environment(runtime: str, threads: int | None, precision: str = "fp32") -> dict:
     return {
         "device": "cpu",
         "device_name": platform.processor() or platform.machine(),
@@ -169,7 +167,7 @@ def _environment(runtime: str, threads: int | None) -> dict:
         "machine": platform.machine(),
         "threads": threads if threads is not None else torch.get_num_threads(),
         "layout": "nchw",
-        "dtype": "fp32",
+        "dtype": precision,
         "runtime": runtime_info(runtime, threads).to_json(),
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -200,8 +198,12 @@ def profile_runtime(
     segments: Sequence[tuple[Segment, bool]] | None = None,
     device_spec: rl.DeviceSpec | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    precision: str = "fp32",
 ) -> Profile:
-    """Measure ``model`` (analysed as ``a``, CPU float32) under ``runtime``; see the module docstring. A
+    """Measure ``model`` (analysed as ``a``, CPU float32) under ``runtime``; see the module docstring. With
+    ``precision="int8"`` every graph timed (the network, each segment both ways, the merged network) is first
+    quantized by the runtime's own tooling (:func:`dsa.quantize.quantize`, calibrated on its random input): a
+    network with random weights needs settled BN statistics (:func:`dsa.quantize.settle_random_weights`). A
     KeyboardInterrupt stops measuring and returns what was measured so far, with ``complete=False``."""
     from dsa.measure.profiler import Steps, candidate_segments, end_to_end_rows, segment_entry, segment_module
     from dsa.measure.timing import measure
@@ -209,6 +211,13 @@ def profile_runtime(
 
     if check_profiled(runtime) == "eager":
         raise DsaError("eager profiles come from dsa.measure.profiler.profile_model (torch.profiler)")
+    if precision not in ("fp32", "int8"):
+        raise DsaError(f"--runtime {runtime} is profiled in fp32 or int8 here, not {precision}")
+    int8 = precision == "int8"
+    if int8:
+        from dsa.quantize import check_quantizable
+
+        check_quantizable(runtime)
     model = model.float().cpu().eval()
     a.graph_module.float().cpu().eval()
     spec = device_spec or rl.measure_local_device("cpu", seconds=2.0)
@@ -223,7 +232,7 @@ def profile_runtime(
     complete = True
     try:
         with torch.inference_mode():
-            runs, fused, other = attribute(a, node_times(runtime, model, x, repeats, threads))
+            runs, fused, other = attribute(a, node_times(runtime, model, x, repeats, threads, int8=int8))
         ops = {name: Stat.of(v) for name, v in runs.items()}
         e2e["unattributed_ms"] = sum(other.values())
         steps.tick("whole network, per node")
@@ -234,17 +243,28 @@ def profile_runtime(
             with torch.inference_mode():
                 entry = {
                     **segment_entry(seg),
-                    "conv": _subgraph_stat(runtime, merged, xin, repeats, threads),
+                    "conv": _subgraph_stat(runtime, merged, xin, repeats, threads, int8),
                     "act": None,
                     "act_fused": act_mod is not None,
-                    "original": _subgraph_stat(runtime, original_subgraph(a, seg, act), xin, repeats, threads),
+                    "original": _subgraph_stat(runtime, original_subgraph(a, seg, act), xin, repeats, threads, int8),
                 }
             segs[signature_of(seg)] = entry
             steps.tick(f"segment {seg.members[0]}")
         nets = {"original": model}
         if plan is not None:
             nets["merged"] = merge(copy.deepcopy(model), plan)
-        res = measure(nets, batch_size, size, "cpu", False, warmup, repeats, runtime=runtime, threads=threads)
+        res = measure(
+            nets,
+            batch_size,
+            size,
+            "cpu",
+            False,
+            warmup,
+            repeats,
+            runtime=runtime,
+            threads=threads,
+            precisions=dict.fromkeys(nets, precision),
+        )
         e2e |= end_to_end_rows(res, batch_size, plan)
         steps.tick("end to end")
     except KeyboardInterrupt:
@@ -256,9 +276,9 @@ def profile_runtime(
         fingerprint=a.fingerprint,
         input_size=size,
         batch_size=batch_size,
-        precision="fp32",
+        precision=precision,
         layout="nchw",
-        environment=_environment(runtime, threads),
+        environment=_environment(runtime, threads, precision),
         device_spec=spec.to_dict(),
         ops=ops,
         segments=segs,

@@ -81,13 +81,16 @@ def _ort_options(threads: int | None):
 
 
 def _ort(model: nn.Module, example: torch.Tensor, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    import onnxruntime as ort
-
     from dsa.export import onnx_bytes
 
-    session = ort.InferenceSession(
-        onnx_bytes(model, example), _ort_options(threads), providers=["CPUExecutionProvider"]
-    )
+    return _ort_run(onnx_bytes(model, example), threads)
+
+
+def _ort_run(data: bytes, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An ONNX model (bytes) in an ONNX Runtime session with dsa's options (:func:`_ort_options`)."""
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(data, _ort_options(threads), providers=["CPUExecutionProvider"])
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
@@ -95,13 +98,25 @@ def _ort(model: nn.Module, example: torch.Tensor, threads: int | None) -> Callab
     return run
 
 
-def _openvino(model: nn.Module, example: torch.Tensor, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
-    from dsa.export import onnx_bytes, openvino_compiled
-
+def openvino_config(threads: int | None) -> dict:
+    """OpenVINO's properties as dsa runs it: the latency hint (one request at a time) and ``threads``."""
     config: dict = {"PERFORMANCE_HINT": "LATENCY"}
     if threads is not None:
         config["INFERENCE_NUM_THREADS"] = threads
-    request = openvino_compiled(onnx_bytes(model, example), config).create_infer_request()
+    return config
+
+
+def _openvino(model: nn.Module, example: torch.Tensor, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    from dsa.export import onnx_bytes, openvino_model
+
+    return _openvino_run(openvino_model(onnx_bytes(model, example)), threads)
+
+
+def _openvino_run(ov_model, threads: int | None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An ``openvino.Model`` compiled with dsa's properties (:func:`openvino_config`), one request."""
+    from dsa.export import openvino_compile
+
+    request = openvino_compile(ov_model, openvino_config(threads)).create_infer_request()
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(request.infer({0: x.numpy()})[0].copy())
@@ -110,14 +125,27 @@ def _openvino(model: nn.Module, example: torch.Tensor, threads: int | None) -> C
 
 
 def prepare(
-    name: str, model: nn.Module, example: torch.Tensor, threads: int | None = None
+    name: str,
+    model: nn.Module,
+    example: torch.Tensor,
+    threads: int | None = None,
+    int8: bool = False,
+    calibration: torch.Tensor | None = None,
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``model`` (eval mode, CPU float32 for ONNX Runtime and OpenVINO) as it runs under runtime ``name``: a
-    callable from an input batch to the output, checked against the eager model on ``example``."""
+    callable from an input batch to the output, checked against the eager model on ``example``. With ``int8``
+    (ONNX Runtime, OpenVINO) the network is quantized with the runtime's own tooling
+    (:func:`dsa.quantize.quantize`, calibrated on ``calibration``, default ``example``) and checked within
+    :data:`dsa.quantize.TOLERANCE`."""
     check_runtime(name)
     model = model.eval()
     if name in ("onnxruntime", "openvino") and (example.device.type != "cpu" or example.dtype != torch.float32):
         raise DsaError(f"--runtime {name} runs on the CPU in float32 here; use --device cpu")
+    if int8:
+        from dsa.quantize import quantize
+
+        q = quantize(model, name, calibration if calibration is not None else example, check_inputs=example)
+        return prepare_quantized(q, threads)
     if name == "eager":
         return model  # the reference itself: nothing to check
     if name == "compile":
@@ -132,6 +160,14 @@ def prepare(
     if not err <= TOLERANCE:
         raise DsaError(f"{name} computes something else than the eager network (max relative error {err:.3g})")
     return run
+
+
+def prepare_quantized(quantized, threads: int | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """An INT8 network (:class:`dsa.quantize.Quantized`, checked when it was made) as its runtime runs it, with the
+    session options float32 networks get."""
+    if quantized.runtime == "onnxruntime":
+        return _ort_run(quantized.model, threads)
+    return _openvino_run(quantized.model, threads)
 
 
 @dataclass(frozen=True)
@@ -155,16 +191,36 @@ def _median(values: list[float]) -> float:
     return values[n // 2] if n % 2 else 0.5 * (values[n // 2 - 1] + values[n // 2])
 
 
-def node_times(name: str, model: nn.Module, example: torch.Tensor, repeats: int = 5, threads: int | None = None):
+def node_times(
+    name: str,
+    model: nn.Module,
+    example: torch.Tensor,
+    repeats: int = 5,
+    threads: int | None = None,
+    int8: bool = False,
+    calibration: torch.Tensor | None = None,
+):
     """Per-node times of ``model`` under ONNX Runtime (its session profiler) or OpenVINO (its performance
-    counters), median over ``repeats`` runs after one warm-up: what the runtime runs after fusing, node by node."""
+    counters), median over ``repeats`` runs after one warm-up: what the runtime runs after fusing, node by node.
+    With ``int8``: of the network quantized by the runtime's tooling (:func:`dsa.quantize.quantize`, calibrated on
+    ``calibration``, default ``example``)."""
     import json
 
-    from dsa.export import onnx_bytes
+    from dsa.export import onnx_bytes, openvino_model
 
     check_runtime(name)
     if name not in ("onnxruntime", "openvino"):
         raise DsaError(f"per-node times come from ONNX Runtime's or OpenVINO's profiler, not {name}'s")
+    model = model.eval()
+    if int8:
+        from dsa.quantize import quantize
+
+        artifact = quantize(
+            model, name, calibration if calibration is not None else example, check_inputs=example
+        ).model
+    else:
+        data = onnx_bytes(model, example)
+        artifact = data if name == "onnxruntime" else openvino_model(data)
     x = example.numpy()
     samples: dict[tuple[str, str], list[float]] = {}
     if name == "onnxruntime":
@@ -174,7 +230,7 @@ def node_times(name: str, model: nn.Module, example: torch.Tensor, repeats: int 
             opts = _ort_options(threads)
             opts.enable_profiling = True
             opts.profile_file_prefix = os.path.join(d, "profile")
-            session = ort.InferenceSession(onnx_bytes(model.eval(), example), opts, providers=["CPUExecutionProvider"])
+            session = ort.InferenceSession(artifact, opts, providers=["CPUExecutionProvider"])
             for _ in range(repeats + 1):
                 session.run(None, {"input": x})
             with open(session.end_profiling()) as f:
@@ -188,12 +244,12 @@ def node_times(name: str, model: nn.Module, example: torch.Tensor, repeats: int 
     else:
         import openvino as ov
 
-        from dsa.export import openvino_compiled
+        from dsa.export import openvino_compile
 
         config: dict = {"PERF_COUNT": True}
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
-        request = openvino_compiled(onnx_bytes(model.eval(), example), config).create_infer_request()
+        request = openvino_compile(artifact, config).create_infer_request()
         request.infer({0: x})
         for _ in range(repeats):
             request.infer({0: x})

@@ -105,10 +105,14 @@ def measure(
     progress: Callable[[str, int], None] | None = None,
     runtime: str = "eager",
     threads: int | None = None,
+    precisions: Mapping[str, str] | None = None,
+    calibration: torch.Tensor | None = None,
 ) -> dict[str, Timing]:
     """Time each model on the same input, round-robin (model A run 1, model B run 1, A run 2, ...), so that
     machine noise hits all models alike, under ``runtime`` (:mod:`dsa.measure.runtimes`: each model is prepared
-    for it and checked against eager first). Returns the median and spread of images/s per model."""
+    for it and checked against eager first). ``precisions`` names the models to run in ``"int8"`` (quantized by
+    the runtime's tooling, calibrated on ``calibration``); the rest run in ``dtype``. Returns the median and
+    spread of images/s per model."""
     from dsa.errors import DsaError
     from dsa.measure.runtimes import prepare
 
@@ -117,8 +121,18 @@ def measure(
     dev = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     x = torch.randn(batch_size, 3, input_size, input_size, dtype=dtype).to(dev, memory_format=fmt)
+    precisions = precisions or {}
+    if set(precisions.values()) - {"fp32", "int8"}:
+        raise DsaError(f"precisions are fp32 or int8 here, got {sorted(set(precisions.values()))}")
     prepared = {
-        name: prepare(runtime, m.eval().to(dev, dtype=dtype, memory_format=fmt), x, threads)
+        name: prepare(
+            runtime,
+            m.eval().to(dev, dtype=dtype, memory_format=fmt),
+            x,
+            threads,
+            precisions.get(name) == "int8",
+            calibration,
+        )
         for name, m in models.items()
     }
     runs: dict[str, list[float]] = {name: [] for name in prepared}

@@ -127,3 +127,72 @@ def evaluate_checkpoint(
         "classes": list(bundle.classes),
         **acc.to_json(),
     }
+
+
+def quantize_checkpoint(
+    checkpoint: str | Path,
+    runtime: str,
+    data: str,
+    *,
+    model: str | None = None,
+    plan: str | Path | None = None,
+    image_size: int | None = None,
+    calibration_images: int = 300,
+    split: str | None = None,
+    check_images: int = 64,
+    sensitivity: bool = False,
+    batch_size: int = 64,
+    progress: Callable[[str, int, int], None] | None = None,
+):
+    """Quantize a trained or merged network (see :func:`load_for_eval`) to INT8 for ``runtime`` with its own
+    tooling (:func:`dsa.quantize.quantize`), calibrated on ``calibration_images`` images of ``data``'s train
+    split and checked on ``check_images`` of its val split; then the accuracy of the float32 and the INT8 network
+    on ``split`` (default: test when the dataset has one, else val) and, with ``sensitivity``, the per-layer
+    report (:func:`dsa.quantize.sensitivity`, on the check images). Returns ``(Quantized, report)``;
+    ``progress(step, done, total)``."""
+    from dsa.data import calibration_images as images_of
+    from dsa.quantize import RuntimeNetwork, check_quantizable, quantize
+    from dsa.quantize import sensitivity as layer_sensitivity
+
+    check_quantizable(runtime)
+    say = progress or (lambda *_: None)
+    classes = dataset_classes(data)
+    loaded = load_for_eval(checkpoint, model=model, plan=plan, num_classes=len(classes), image_size=image_size)
+    if loaded.kind == "train-merge-ready":
+        raise DataError(
+            f"{checkpoint} holds a merge-ready network (activations removed, not merged): quantize what is deployed, "
+            "the merged network: `dsa merge --plan P --checkpoint C --out merged.pt`, or the merged.pt dsa train wrote"
+        )
+    bundle = load_data(data, loaded.image_size)
+    split = split or ("test" if "test" in bundle.splits else "val")
+    net = loaded.module.float().cpu().eval()
+    say("calibrating", 0, 3)
+    calib = images_of(bundle, calibration_images, "train")
+    check_x = images_of(bundle, check_images, "val" if "val" in bundle.splits else "train")
+    q = quantize(net, runtime, calib, check_inputs=check_x)
+    say("evaluating float32", 1, 3)
+    kw = {"batch_size": batch_size, "mean": bundle.mean, "std": bundle.std, "num_classes": bundle.num_classes}
+    acc32 = accuracy(net, bundle.split(split), **kw)
+    say("evaluating INT8", 2, 3)
+    acc8 = accuracy(RuntimeNetwork(q), bundle.split(split), **kw)
+    report = {
+        "checkpoint": str(checkpoint),
+        "kind": loaded.kind,
+        "model": loaded.model,
+        "plan_removed": len(loaded.plan.removed) if loaded.plan is not None else None,
+        "runtime": runtime,
+        "data": bundle.name,
+        "split": split,
+        "image_size": loaded.image_size,
+        "classes": list(bundle.classes),
+        "quantization": q.info,
+        "fp32": acc32.to_json(),
+        "int8": acc8.to_json(),
+        "top1_drop": acc32.top1 - acc8.top1,
+        "prediction_agreement": float((acc32.predictions == acc8.predictions).float().mean()),
+    }
+    if sensitivity:
+        report["sensitivity"] = layer_sensitivity(
+            net, runtime, calib, check_x, progress=lambda layer, i, n: say(f"sensitivity {layer}", i, n)
+        )
+    return q, report
