@@ -6,6 +6,7 @@ network latency (:mod:`roofline.model`), fit efficiencies to measurements
 Counting convention: FLOPs = 2 x MACs. See docs/roofline.md.
 """
 
+from roofline.algorithms import CONV_POLICIES, Algorithm, Stage, candidate_algorithms
 from roofline.calibrate import fit_calibration, median_abs_pct_error
 from roofline.devices import (
     PEAK_UNITS,
@@ -28,6 +29,7 @@ from roofline.model import (
     TENSOR_CORE_MIN_CHANNELS,
     NetworkTime,
     OpTime,
+    conv_policy,
     predict_fused_op,
     predict_network,
     predict_op,
@@ -39,6 +41,7 @@ from roofline.model import (
 from roofline.ops import OP_CLASSES, OpClass, OpSpec, conv2d_op, elementwise_op, linear_op, pooling_op
 
 __all__ = [
+    "CONV_POLICIES",
     "DEFAULT_COMPUTE_EFFICIENCY",
     "DEFAULT_MEMORY_EFFICIENCY",
     "MEASURED_MEMORY_EFFICIENCY",
@@ -47,6 +50,7 @@ __all__ = [
     "PRECISIONS",
     "SCHEMA_VERSION",
     "TENSOR_CORE_MIN_CHANNELS",
+    "Algorithm",
     "Calibration",
     "DeviceSpec",
     "Measured",
@@ -57,7 +61,10 @@ __all__ = [
     "Peaks",
     "RooflineError",
     "RooflinePoint",
+    "Stage",
+    "candidate_algorithms",
     "conv2d_op",
+    "conv_policy",
     "elementwise_op",
     "fit_calibration",
     "linear_op",

@@ -6,7 +6,10 @@ Per op i of class k the model is (see :mod:`roofline.model`)::
 
 with ``C_i`` the compute time at efficiency 1 (wave factor included), ``M_i`` the memory time at
 efficiency 1, ``e_k`` the compute efficiency of class k, ``m_k`` the memory efficiency (one shared
-value, or one per class with ``per_class_memory=True``) and ``L`` the launch cost.
+value, or one per class with ``per_class_memory=True``) and ``L`` the launch cost. A conv that the
+runtime's policy prices as a multi-kernel algorithm (:mod:`roofline.algorithms`: nonfused Winograd, FFT)
+is the sum of its stages, ``sum_s max(C_is / e_ks, M_is / m_ks) + n_i L``, each stage with the class it runs
+as (transforms: elementwise); the algorithm is the one chosen at the default efficiencies.
 
 :func:`fit_calibration` minimises the relative error, i.e. residuals ``log(t_pred / t_meas)``,
 with ``scipy.optimize.least_squares`` (trust-region reflective, bounds, soft-L1 loss so a few
@@ -27,7 +30,7 @@ import numpy as np
 
 from roofline.devices import Calibration, DeviceSpec, load_device
 from roofline.errors import RooflineError
-from roofline.model import _raw_times, efficiencies, predict_op
+from roofline.model import _raw_times, algorithm_stages, choose_algorithm, conv_policy, efficiencies, predict_op
 from roofline.ops import OpSpec
 
 __all__ = [
@@ -71,6 +74,7 @@ def fit_calibration(
     date: str | None = None,
     large_thresholds_mb: Sequence[float] | None = (),
     time_weighted: bool = False,
+    conv_algorithms: str | None = None,
 ) -> Calibration:
     """Fit per-class compute efficiencies, memory efficiency and launch cost to measurements.
 
@@ -108,9 +112,8 @@ def fit_calibration(
         else:
             large_thresholds_mb = (spec.l2_mb, 2 * spec.l2_mb) if spec.l2_mb else ()
     spec = spec.with_calibration(None)  # fit against the defaults, not an attached calibration
-    raw = [_raw_times(op, spec, precision) for op in ops]
-    c_raw = np.maximum(np.array([r[1] for r in raw]), 1e-30)  # ops without FLOPs or bytes
-    m_raw0 = np.maximum(np.array([r[2] for r in raw]), 1e-30)
+    policy = conv_policy(spec, conv_algorithms)
+    stages = _op_stages(spec, ops, precision, policy)
     op_bytes = np.array([op.bytes_total for op in ops], dtype=float)
     best_fit = None
     for threshold in [None, *large_thresholds_mb]:
@@ -122,8 +125,7 @@ def fit_calibration(
             ops,
             precision,
             t_meas,
-            c_raw,
-            m_raw0,
+            stages,
             large,
             per_class_memory,
             fit_launch,
@@ -135,7 +137,7 @@ def fit_calibration(
     if best_fit is None:  # pragma: no cover - an invariant
         raise RuntimeError("roofline calibration: no fit was evaluated (a bug)")
     _, threshold, compute_eff, memory_eff, launch_ms, factor, after = best_fit
-    before = [predict_op(op, spec, precision, calibration=None).total_ms for op in ops]
+    before = [predict_op(op, spec, precision, None, policy).total_ms for op in ops]
     return Calibration(
         device=spec.name,
         precision=precision,
@@ -152,19 +154,44 @@ def fit_calibration(
     )
 
 
-def _fit_once(
-    spec, ops, precision, t_meas, c_raw, m_raw0, large, per_class_memory, fit_launch, prior_weight, time_weighted
-):
+def _op_stages(spec: DeviceSpec, ops: Sequence[OpSpec], precision: str, policy: str) -> list[tuple[list, int]]:
+    """Per op: its stages as (compute_ms, memory_ms at efficiency 1, compute class, memory class) and its kernel
+    count, for the algorithm ``policy`` picks at the default efficiencies."""
+    base = efficiencies(spec, precision)
+    out = []
+    for op in ops:
+        unit, raw_c, raw_m, waves = _raw_times(op, spec, precision)
+        alg, _ = choose_algorithm(op, spec, precision, base, policy)
+        if alg is None:
+            cls = op.op_class.value
+            out.append(([(raw_c, raw_m, cls, cls)], 1))
+        else:
+            out.append((algorithm_stages(op, alg, spec, precision, unit, waves), alg.kernels))
+    return out
+
+
+def _fit_once(spec, ops, precision, t_meas, stages, large, per_class_memory, fit_launch, prior_weight, time_weighted):
     """One least-squares fit with the slow memory regime on the ops flagged ``large`` (none: no regime).
     Returns (cost, compute_eff, memory_eff, launch_ms, large_factor, predicted_ms)."""
     from scipy.optimize import least_squares  # 0.6 s to import: only when fitting
 
     base = efficiencies(spec, precision)
     with_regime = bool(large.any())
-    classes = sorted({op.op_class.value for op in ops})
+    classes = sorted({st[2] for sts, _ in stages for st in sts} | {op.op_class.value for op in ops})
     cls_index = np.array([classes.index(op.op_class.value) for op in ops])
+    n_s = max(len(sts) for sts, _ in stages)
+    c_st = np.zeros((len(ops), n_s))  # per op and stage, at efficiency 1 (padding stages cost 0)
+    m_st = np.zeros((len(ops), n_s))
+    ci_st = np.zeros((len(ops), n_s), dtype=int)
+    for i, (sts, _) in enumerate(stages):
+        for j, (c, m, c_cls, _m_cls) in enumerate(sts):
+            c_st[i, j], m_st[i, j], ci_st[i, j] = max(c, 1e-30), max(m, 1e-30), classes.index(c_cls)
+    kernels = np.array([k for _, k in stages], dtype=float)
+    c_raw = c_st.sum(axis=1)  # per op, for the data-driven start
+    m_raw0 = m_st.sum(axis=1)
     mem_names = classes if per_class_memory else ["*"]
     mem_index = cls_index if per_class_memory else np.zeros(len(ops), dtype=int)
+    mi_st = ci_st if per_class_memory else np.zeros_like(ci_st)
     n_c, n_m = len(classes), len(mem_names)
 
     # parameters: log(1/e_k) for k in classes, log(1/m_j), then L (ms)
@@ -199,11 +226,11 @@ def _fit_once(
     sqrt_w = math.sqrt(prior_weight)
 
     def predict(x: np.ndarray) -> np.ndarray:
-        a = np.exp(x[:n_c])[cls_index]
-        b = np.exp(x[n_c : n_c + n_m])[mem_index]
-        m_raw = m_raw0 * np.where(large, math.exp(x[n_c + n_m]), 1.0) if with_regime else m_raw0
+        a = np.exp(x[:n_c])[ci_st]
+        b = np.exp(x[n_c : n_c + n_m])[mi_st]
+        m_raw = m_st * np.where(large, math.exp(x[n_c + n_m]), 1.0)[:, None] if with_regime else m_st
         launch = x[-1] if fit_launch else base.launch_ms
-        return np.maximum(c_raw * a, m_raw * b) + launch
+        return np.maximum(c_st * a, m_raw * b).sum(axis=1) + launch * kernels
 
     def residuals(x: np.ndarray) -> np.ndarray:
         data = (np.log(np.maximum(predict(x), 1e-12)) - log_meas) * weight
@@ -216,9 +243,11 @@ def _fit_once(
     guess = prior.copy()
     m_raw = m_raw0
     for k in range(n_c):
-        guess[k] = math.log(float(np.median(busy[cls_index == k] / c_raw[cls_index == k])))
+        if (cls_index == k).any():  # (a class only some ops' transform stages run as keeps its prior)
+            guess[k] = math.log(float(np.median(busy[cls_index == k] / c_raw[cls_index == k])))
     for j in range(n_m):
-        guess[n_c + j] = math.log(float(np.min(busy[mem_index == j] / m_raw[mem_index == j])))
+        if (mem_index == j).any():  # (likewise a memory class only transform stages run as)
+            guess[n_c + j] = math.log(float(np.min(busy[mem_index == j] / m_raw[mem_index == j])))
     if fit_launch:
         lo = np.append(lo, 0.0)
         hi = np.append(hi, launch_hi)

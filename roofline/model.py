@@ -32,6 +32,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from roofline.algorithms import CONV_POLICIES, Algorithm, candidate_algorithms
 from roofline.devices import PRECISIONS, Calibration, DeviceSpec, load_device
 from roofline.errors import RooflineError
 from roofline.ops import GEMM_CLASSES, OpClass, OpSpec
@@ -47,6 +48,7 @@ __all__ = [
     "Efficiencies",
     "NetworkTime",
     "OpTime",
+    "conv_policy",
     "efficiencies",
     "predict_network",
     "predict_op",
@@ -87,6 +89,8 @@ ELEMENTS_PER_BLOCK: Mapping[str, int] = MappingProxyType(
         OpClass.ELEMENTWISE.value: 1024,
     }
 )
+#: Threads per warp on NVIDIA GPUs (the lanes a depthwise kernel spreads a row of outputs over).
+WARP_SIZE = 32
 #: Bytes per element each precision stores.
 PRECISION_DTYPE_BYTES: Mapping[str, int] = MappingProxyType({"fp32": 4, "tf32": 4, "fp16": 2, "bf16": 2, "int8": 1})
 
@@ -99,7 +103,9 @@ class OpTime:
 
     ``unit`` is the compute unit used (a :data:`~roofline.devices.PEAK_UNITS` name, ``"cpu"`` for
     CPU devices, ``"fused"`` for a fused elementwise op); ``wave_factor`` is the wave-quantization
-    factor applied to ``compute_ms`` (1.0 on CPUs).
+    factor applied to ``compute_ms`` (1.0 on CPUs). ``algorithm``: the convolution algorithm the runtime
+    is modelled to choose (:mod:`roofline.algorithms`; empty for other ops), run as ``kernels`` kernels,
+    each paying ``launch_ms``; ``compute_ms`` and ``memory_ms`` are then sums over its stages.
     """
 
     name: str
@@ -111,6 +117,8 @@ class OpTime:
     total_ms: float
     bound: str
     wave_factor: float = 1.0
+    algorithm: str = ""
+    kernels: int = 1
 
 
 @dataclass(frozen=True)
@@ -290,6 +298,54 @@ def _raw_times(op: OpSpec, device: DeviceSpec, precision: str) -> tuple[str, flo
     return unit, op.flops / flop_per_ms * waves, op.bytes_total / bytes_per_ms, waves
 
 
+def conv_policy(device: DeviceSpec, policy: str | None = None) -> str:
+    """The conv-algorithm policy (:data:`~roofline.algorithms.CONV_POLICIES`) to price ``device`` with: ``policy``
+    when given, else ``heuristic`` on GPUs (eager PyTorch's default: cuDNN's heuristics) and ``direct`` on CPUs."""
+    if policy is None:
+        return "heuristic" if device.kind == "gpu" else "direct"
+    if policy not in CONV_POLICIES:
+        raise RooflineError(f"unknown conv algorithm policy {policy!r}; use one of {', '.join(CONV_POLICIES)}")
+    return policy
+
+
+def _cuda_unit(device: DeviceSpec, precision: str) -> str:
+    """Where non-GEMM arithmetic runs: CUDA cores at the precision (fp16 if the device lists it), else fp32."""
+    if device.kind == "cpu":
+        return "cpu"
+    return "cuda_fp16" if precision == "fp16" and device.peaks_tflops.cuda_fp16 else "cuda_fp32"
+
+
+def algorithm_stages(
+    op: OpSpec, alg: Algorithm, device: DeviceSpec, precision: str, unit: str, waves: float
+) -> list[tuple[float, float, str, str]]:
+    """Per stage of ``alg``: (compute_ms, memory_ms) at efficiency 1 and the op classes whose compute and memory
+    efficiencies apply. A GEMM stage runs on ``unit`` at the op's class efficiency (a single-stage algorithm
+    with the op's wave factor), or on CUDA cores where the stage says so (FFT's complex GEMM, fused Winograd); a
+    transform on CUDA cores at the elementwise efficiency."""
+    flop_unit, bytes_per_ms = _ceilings(device, unit, precision)
+    cuda = _cuda_unit(device, precision)
+    flop_cuda = flop_unit if cuda == unit else _ceilings(device, cuda, precision)[0]
+    cls = op.op_class.value
+    lanes = depthwise_lane_use(op, device)
+    out = []
+    for st in alg.stages:
+        waves_here = waves if st.gemm and alg.kernels == 1 else 1.0  # a batched GEMM fills the GPU
+        c = st.flops / (flop_unit if st.gemm and not st.cuda_cores else flop_cuda) * waves_here
+        stage_cls = cls if st.gemm else OpClass.ELEMENTWISE.value
+        out.append((c, st.bytes / bytes_per_ms / lanes, stage_cls, stage_cls))
+    return out
+
+
+def depthwise_lane_use(op: OpSpec, device: DeviceSpec) -> float:
+    """The share of busy lanes of a GPU depthwise conv kernel: such kernels give each warp a run of
+    :data:`WARP_SIZE` outputs along a row of one channel's map, so a row of ``w_out`` outputs keeps
+    ``w_out / (32 * ceil(w_out / 32))`` of the lanes busy (0.22 at 7 wide, 0.44 at 14), and the bandwidth the
+    kernel draws drops with it. 1.0 for other ops and on CPUs."""
+    if device.kind != "gpu" or op.op_class is not OpClass.DEPTHWISE_CONV or op.w_out <= 0:
+        return 1.0
+    return op.w_out / (WARP_SIZE * math.ceil(op.w_out / WARP_SIZE))
+
+
 def _combine(op: OpSpec, unit: str, raw_compute: float, raw_memory: float, waves: float, eff: Efficiencies) -> OpTime:
     cls = op.op_class.value
     compute_ms = raw_compute / eff.compute[cls]
@@ -311,6 +367,39 @@ def _combine(op: OpSpec, unit: str, raw_compute: float, raw_memory: float, waves
     )
 
 
+def _algorithm_time(
+    op: OpSpec, alg: Algorithm, spec: DeviceSpec, precision: str, unit: str, waves: float, eff: Efficiencies
+) -> OpTime:
+    compute = memory = busy = 0.0
+    for c, m, c_cls, m_cls in algorithm_stages(op, alg, spec, precision, unit, waves):
+        c /= eff.compute[c_cls]
+        m /= eff.memory[m_cls]
+        if eff.large_bytes is not None and op.bytes_total > eff.large_bytes:
+            m *= eff.large_factor
+        compute, memory, busy = compute + c, memory + m, busy + max(c, m)
+    launch = eff.launch_ms * alg.kernels
+    bound = "launch" if launch > busy else "compute" if compute >= memory else "memory"
+    return OpTime(
+        op.name, op.op_class.value, unit, compute, memory, launch, busy + launch, bound, waves, alg.name, alg.kernels
+    )
+
+
+def choose_algorithm(
+    op: OpSpec, spec: DeviceSpec, precision: str, eff: Efficiencies, policy: str
+) -> tuple[Algorithm | None, OpTime]:
+    """The algorithm ``policy`` picks for ``op`` (the fastest it considers; None for ops that are not convs) and
+    its time."""
+    unit, raw_c, raw_m, waves = _raw_times(op, spec, precision)
+    if op.kind != "conv":
+        return None, _combine(op, unit, raw_c, raw_m, waves, eff)
+    best = None
+    for alg in candidate_algorithms(op, policy):
+        t = _algorithm_time(op, alg, spec, precision, unit, waves, eff)
+        if best is None or t.total_ms < best[1].total_ms:
+            best = (alg, t)
+    return best
+
+
 def _resolve(device: DeviceSpec | str) -> DeviceSpec:
     return device if isinstance(device, DeviceSpec) else load_device(device)
 
@@ -320,12 +409,14 @@ def predict_op(
     device: DeviceSpec | str,
     precision: str = "fp32",
     calibration: Calibration | None = None,
+    conv_algorithms: str | None = None,
 ) -> OpTime:
-    """Predicted time of one op (never fused). ``device`` may be a name or alias."""
+    """Predicted time of one op (never fused). ``device`` may be a name or alias. A conv is priced as the
+    fastest algorithm the runtime's ``conv_algorithms`` policy considers (:func:`conv_policy`: by default
+    ``heuristic`` on GPUs, ``direct`` on CPUs)."""
     spec = _resolve(device)
     eff = efficiencies(spec, precision, calibration)
-    unit, raw_c, raw_m, waves = _raw_times(op, spec, precision)
-    return _combine(op, unit, raw_c, raw_m, waves, eff)
+    return choose_algorithm(op, spec, precision, eff, conv_policy(spec, conv_algorithms))[1]
 
 
 def _fused(op: OpSpec, spec: DeviceSpec, precision: str, eff) -> OpTime:
@@ -357,6 +448,7 @@ def predict_ops(
     precision: str = "fp32",
     calibration: Calibration | None = None,
     fuse_elementwise: bool = False,
+    conv_algorithms: str | None = None,
 ) -> list[OpTime]:
     """Predicted times of ``ops`` in execution order.
 
@@ -368,6 +460,7 @@ def predict_ops(
     """
     spec = _resolve(device)
     eff = efficiencies(spec, precision, calibration)
+    policy = conv_policy(spec, conv_algorithms)
     times: list[OpTime] = []
     can_fuse = False
     for op in ops:
@@ -376,8 +469,7 @@ def predict_ops(
         if fuse_elementwise and can_fuse and op.op_class is OpClass.ELEMENTWISE:
             times.append(_fused(op, spec, precision, eff))
             continue
-        unit, raw_c, raw_m, waves = _raw_times(op, spec, precision)
-        times.append(_combine(op, unit, raw_c, raw_m, waves, eff))
+        times.append(choose_algorithm(op, spec, precision, eff, policy)[1])
         can_fuse = op.op_class in _FUSION_PRODUCERS
     return times
 
@@ -389,6 +481,7 @@ def predict_network(
     batch: int | None = None,
     calibration: Calibration | None = None,
     fuse_elementwise: bool = False,
+    conv_algorithms: str | None = None,
 ) -> NetworkTime:
     """Latency of running ``ops`` one after another, and throughput ``batch / latency``.
 
@@ -406,7 +499,7 @@ def predict_network(
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise RooflineError(f"batch must be a positive integer, got {batch!r}")
     spec = _resolve(device)
-    times = predict_ops(ops, spec, precision, calibration, fuse_elementwise)
+    times = predict_ops(ops, spec, precision, calibration, fuse_elementwise, conv_algorithms)
     latency = math.fsum(t.total_ms for t in times)
     return NetworkTime(
         device=spec.name,

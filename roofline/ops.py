@@ -78,6 +78,8 @@ class OpSpec:
       - ``gemm_m``, ``gemm_n``, ``gemm_k``: GEMM view of a conv/linear, per group:
         M = batch * h_out * w_out, N = c_out / groups, K = c_in / groups * kh * kw
         (0 for classes that are not GEMMs).
+      - ``h_out``, ``w_out``, ``stride``: a conv's output map and stride (0 and (1, 1) for other ops),
+        which decide the convolution algorithms a library may use (:mod:`roofline.algorithms`).
     """
 
     name: str
@@ -97,6 +99,9 @@ class OpSpec:
     gemm_m: int = 0
     gemm_n: int = 0
     gemm_k: int = 0
+    h_out: int = 0
+    w_out: int = 0
+    stride: tuple[int, int] = (1, 1)
 
     def __post_init__(self) -> None:
         try:
@@ -111,6 +116,18 @@ class OpSpec:
                 raise RooflineError(f"op {self.name!r}: {key} must be a non-negative integer, got {value!r}")
         if self.dtype_bytes not in (1, 2, 4, 8):
             raise RooflineError(f"op {self.name!r}: dtype_bytes must be 1, 2, 4 or 8, got {self.dtype_bytes!r}")
+        for key in ("h_out", "w_out"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise RooflineError(f"op {self.name!r}: {key} must be a non-negative integer, got {value!r}")
+        stride = self.stride
+        if not (
+            isinstance(stride, tuple | list)
+            and len(stride) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and s >= 1 for s in stride)
+        ):
+            raise RooflineError(f"op {self.name!r}: stride must be a pair of positive integers, got {stride!r}")
+        object.__setattr__(self, "stride", (int(stride[0]), int(stride[1])))
 
     @property
     def flops(self) -> int:
@@ -167,6 +184,9 @@ class OpSpec:
             "gemm_m": self.gemm_m,
             "gemm_n": self.gemm_n,
             "gemm_k": self.gemm_k,
+            "h_out": self.h_out,
+            "w_out": self.w_out,
+            "stride": list(self.stride),
         }
 
 
@@ -205,8 +225,11 @@ def conv2d_op(
     groups: int = 1,
     bias: bool = False,
     dtype_bytes: int = 4,
+    stride: int | tuple[int, int] | None = None,
 ) -> OpSpec:
-    """A 2-D convolution. ``bias`` defaults to False (convs followed by BN have none).
+    """A 2-D convolution. ``bias`` defaults to False (convs followed by BN have none). ``stride``: the
+    conv's stride; ``None`` infers it from the map sizes (``round(h_in / h_out)``; pass it for convs whose
+    input carries relocated padding, which is larger than ``stride * h_out``).
 
     Classified as depthwise (``groups == c_in == c_out > 1``), pointwise (1x1, ``groups == 1``),
     dense (larger kernel, ``groups == 1``) or grouped (anything else).
@@ -224,6 +247,12 @@ def conv2d_op(
     )
     kh, kw = _pair(name, kernel)
     _dtype(name, dtype_bytes)
+    if stride is None:
+        stride = (max(1, round(h_in / h_out)), max(1, round(w_in / w_out)))
+    elif isinstance(stride, int) and not isinstance(stride, bool):
+        stride = (stride, stride)
+    if not (isinstance(stride, tuple | list) and len(stride) == 2):
+        raise RooflineError(f"op {name!r}: stride must be an int or a pair of positive integers, got {stride!r}")
     if c_in % groups or c_out % groups:
         raise RooflineError(
             f"op {name!r}: groups={groups} must divide c_in={c_in} and c_out={c_out}; check the layer shape"
@@ -256,6 +285,9 @@ def conv2d_op(
         gemm_m=batch * h_out * w_out,
         gemm_n=c_out // groups,
         gemm_k=cin_g * kh * kw,
+        h_out=h_out,
+        w_out=w_out,
+        stride=tuple(stride),
     )
 
 

@@ -175,7 +175,8 @@ def plot_roofline(
     ax.set_xlim(x_lo, x_hi)
     ax.set_ylim(y_lo, y_hi)
     ax.set_xlabel("Arithmetic intensity (FLOP/byte)", fontsize=14)
-    ax.set_ylabel("Performance (TFLOP/s)", fontsize=14)
+    fast = "; above the roof: Winograd or FFT" if spec.kind == "gpu" else ""
+    ax.set_ylabel(f"Performance (TFLOP/s, direct-conv FLOPs{fast})", fontsize=14)
     ax.tick_params(labelsize=12)
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", alpha=0.12)

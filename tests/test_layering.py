@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 LAYERS: list[set[str]] = [
     {"dsa.errors", "dsa._version", "dsa.io", "dsa.testing", "dsa.vocab"},
     {"dsa.ir"},  # the analysed network as plain data
-    {"dsa.formats", "dsa.formats.plan", "dsa.formats.profile", "dsa.formats.importance"},  # saved artifacts
+    {"dsa.formats", "dsa.formats.plan", "dsa.formats.profile", "dsa.formats.importance", "dsa.formats.segment_table"},
     {"dsa.checkpoints"},
     {"dsa.models", "dsa.data"},
     {"dsa.graph"},  # torch.fx analysis
@@ -27,6 +27,7 @@ LAYERS: list[set[str]] = [
     {"dsa.latency.costs"},
     {"dsa.latency.evaluate"},
     {"dsa.latency.resolve"},
+    {"dsa.latency.table_scores"},  # a cost model scored against a measured table
     {"dsa.planner.candidates", "dsa.planner.solver", "dsa.planner.dp"},
     {"dsa.planner.planner"},
     {"dsa.planner.pareto"},
@@ -35,7 +36,7 @@ LAYERS: list[set[str]] = [
     {"dsa.measure.runtimes"},  # measure
     {"dsa.measure", "dsa.measure.timing"},
     {"dsa.measure.profiler"},
-    {"dsa.measure.runtime_profile"},
+    {"dsa.measure.runtime_profile", "dsa.measure.table_import"},
     {"dsa.measure.calibrate"},
     {"dsa.train.config", "dsa.train.distributed", "dsa.train.losses"},
     {"dsa.train.evaluate"},

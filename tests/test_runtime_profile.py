@@ -171,3 +171,48 @@ def test_cli_profile_plan_and_evaluate_under_a_runtime(tmp_path) -> None:
     user_error(dsa("validate", "--profile", prof, "--runtime", "openvino"), "field 'runtime' is onnxruntime")
     user_error(dsa("profile", *TINY, "--runtime", "openvino", "--channels-last"), "chooses its own layout")
     user_error(dsa("profile", *TINY, "--runtime", "compile"), "no per-node profiler")
+
+
+def test_covering_plans_hold_every_candidate_segment(tiny) -> None:
+    from dsa.ir import signature_of
+    from dsa.measure.profiler import candidate_segments
+    from dsa.measure.runtime_profile import covering_plans
+
+    _, a = tiny
+    want = {signature_of(s) for s, _ in candidate_segments(a)}
+    plans = covering_plans(a, sorted(want))
+    held = {signature_of(s) for p in plans for s in p.induced_segments(a) if s.merged}
+    assert want <= held
+    assert len(plans) < len(want)  # several segments per merged network
+
+
+def test_in_network_segment_times_price_the_segment(tiny) -> None:
+    """`--in-network`: each candidate merged conv also timed inside a merged network; costs prefer that time."""
+    model, a = tiny
+    prof = profile_runtime(
+        model, a, "onnxruntime", batch_size=2, threads=1, warmup=1, repeats=2, device_spec=SPEC, in_network=True
+    )
+    inside = [s for s in prof.segments.values() if s.get("in_network") is not None]
+    assert len(inside) == len(prof.segments)
+    costs = ProfileCosts(a, prof, in_network=True)  # (float32 profiles price standalone times by default)
+    plan = plan_from_act_list(a, [1, 0, 0, 1, 1])
+    seg = next(s for s in plan.induced_segments(a) if s.merged)
+    from dsa.ir import signature_of
+    from dsa.latency.ops import CostedOp, segment_conv_spec
+
+    item = CostedOp(segment_conv_spec(seg, 2, 4), seg.blocks[0], None, "segment", None, seg)
+    assert costs.price(item)[0].total_ms == prof.segments[signature_of(seg)]["in_network"].median_ms
+    assert load_profile_roundtrip(prof)["in_network"] is not None
+    standalone = ProfileCosts(a, prof).price(item)[0].total_ms
+    assert standalone == prof.segments[signature_of(seg)]["conv"].median_ms
+
+
+def load_profile_roundtrip(prof):
+    from dsa.formats.profile import profile_from_json
+
+    back = profile_from_json(json.loads(json.dumps(prof.to_json())))
+    return next(iter(back.segments.values()))
+
+
+def test_in_network_needs_a_runtime(tmp_path) -> None:
+    user_error(dsa("profile", *TINY, "--in-network", "--out", tmp_path / "p.json"), "--in-network", "--runtime")

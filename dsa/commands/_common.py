@@ -111,7 +111,7 @@ RuntimeOpt = Annotated[
     typer.Option(
         "--runtime",
         help="What the network runs with: eager (default, DepthShrinker's protocol), compile (torch.compile), "
-        "onnxruntime or openvino (CPU, via ONNX).",
+        "onnxruntime or openvino (CPU, via ONNX), tensorrt (GPU; pricing only: roofline or an imported table).",
     ),
 ]
 

@@ -68,7 +68,7 @@ def evaluation(
         a = analysis_of(model, pretrained, checkpoint, input_size or (prof.input_size if prof else None))
         p = bn_folded_plan(a)
     pricing = resolve_pricing(a, gpu, prof, profile, batch_size, precision, allow_incomplete, runtime)
-    return model, evaluate(a, p, pricing.device, pricing.batch, pricing.precision, profile=pricing.profile)
+    return model, evaluate(a, p, costs=pricing.costs(a))
 
 
 @command("evaluate")

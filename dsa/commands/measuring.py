@@ -18,6 +18,7 @@ from dsa.commands._common import (
     DeviceOpt,
     Format,
     FormatOpt,
+    GpuOpt,
     InputSizeOpt,
     PlanModelOpt,
     Precision,
@@ -39,6 +40,7 @@ from dsa.commands._common import (
     random_weights_warning,
     warn,
 )
+from dsa.errors import ArtifactError
 from dsa.vocab import DEFAULT_MODEL
 
 
@@ -250,6 +252,14 @@ def profile_cmd(
     warmup: Annotated[int, typer.Option(min=0, help="Untimed runs of each op, segment and network first.")] = 2,
     repeats: Annotated[int, typer.Option(min=1, help="Timed runs of each (median and IQR recorded).")] = 5,
     plan: Annotated[Path | None, typer.Option(help="Also time the network merged by this plan end to end.")] = None,
+    in_network: Annotated[
+        bool,
+        typer.Option(
+            "--in-network",
+            help="--runtime R: also time every merged segment inside merged networks that hold them (a few more "
+            "networks to run; costs then use these times).",
+        ),
+    ] = False,
     threads: ThreadsOpt = None,
     input_size: InputSizeOpt = None,
     model: PlanModelOpt = None,
@@ -283,6 +293,10 @@ def profile_cmd(
             )
     elif precision.value == "int8":
         raise DsaError("int8 networks are quantized and profiled by a runtime: add --runtime onnxruntime|openvino")
+    elif in_network:
+        raise DsaError(
+            "--in-network times merged convs inside networks under a runtime: add --runtime onnxruntime|openvino"
+        )
     p = None
     if plan is not None:
         p, model = plan_and_model(plan, model)
@@ -325,7 +339,13 @@ def profile_cmd(
             )
         else:  # the threads recorded are the threads the runtime was given
             prof = profile_runtime(
-                net, a, runtime, threads=threads or torch.get_num_threads(), precision=precision.value, **common
+                net,
+                a,
+                runtime,
+                threads=threads or torch.get_num_threads(),
+                precision=precision.value,
+                in_network=in_network,
+                **common,
             )
     e2e = prof.end_to_end
     summary = f"{len(prof.ops)} ops, {len(prof.segments)} candidate segments"
@@ -392,6 +412,69 @@ def calibrate_cmd(
         f"{cal.median_abs_pct_error:.1f}% calibrated"
     )
     out.print(f"stored in {profile}" + (f" and {device_out}" if device_out else ""))
+
+
+@command("import-table")
+@one_line_errors
+def import_table_cmd(
+    table: Annotated[Path, typer.Argument(help="A measured segment table (CSV: st,end,time_ms,...,h_out,w_out).")],
+    model: Annotated[str, typer.Option("--model", "-m", help="The network the table measures.")],
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="The batch the table was measured at.")],
+    gpu: GpuOpt = None,
+    runtime: RuntimeOpt = "eager",
+    input_size: InputSizeOpt = None,
+    offset: Annotated[
+        int | None,
+        typer.Option("--offset", min=0, help="Leading convs of the network the table's chain skips (default: found)."),
+    ] = None,
+    drop_mismatched: Annotated[
+        bool, typer.Option("--drop-mismatched", help="Leave out rows whose shape disagrees with the network's.")
+    ] = False,
+    out_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="The profile to write (default: profiles/<gpu>/<model>_b<B>_fp32_<runtime>.json; eager: _nchw.json).",
+        ),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing profile at --out.")] = False,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Import a measured segment table (e.g. Kim et al.'s) as a profile that dsa plan --profile prices with: each
+    row matched to the network's conv or candidate segment, its claimed shape checked against the network's."""
+    import roofline as rl
+    from dsa.formats.profile import profile_path
+    from dsa.formats.segment_table import load_table
+    from dsa.measure.table_import import profile_from_table
+
+    device = rl.load_device(gpu or "v100")
+    path = out_path or profile_path(device.name, model, batch_size, "fp32", "nchw", "profiles", runtime)
+    if path.exists() and not force:
+        raise ArtifactError(
+            f"--out {path} exists (a measured profile, perhaps); give another --out, or --force to replace it"
+        )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    check_out(path, "--out", **{"table": table})
+    t = load_table(table)
+    a = analysis_of(model, False, None, input_size)
+    prof, report = profile_from_table(t, a, device, runtime, batch_size, offset=offset, drop_mismatched=drop_mismatched)
+    prof.save(path)
+    if fmt == Format.json:
+        emit_json({"profile": str(path), **report.to_json()})
+        return
+    out.print(
+        f"imported {report.ops + report.segments} of {len(t.rows)} rows of {table} as {a.model_name}'s profile on "
+        f"{device.name} under {runtime} (batch {batch_size}): {report.ops} convs, {report.segments} merged segments; "
+        f"chain from conv {report.offset} ({report.chain[0]})"
+    )
+    if report.not_offered:
+        shown = ", ".join(f"({s}, {e}]" for s, e in report.not_offered[:6])
+        more = f" and {len(report.not_offered) - 6} more" if len(report.not_offered) > 6 else ""
+        warn(f"{len(report.not_offered)} rows are segments dsa does not offer and were left out: {shown}{more}")
+    if report.mismatched:
+        warn(f"{len(report.mismatched)} rows disagreed with the network's shapes and were left out (--drop-mismatched)")
+    out.print(f"wrote {path}")
 
 
 def profile_and_analysis(profile: Path, model, pretrained, checkpoint, allow_incomplete, runtime=None):

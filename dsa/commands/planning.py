@@ -161,7 +161,7 @@ def plan_cmd(
             remove=remove or (),
             granularity=granularity.value if granularity else "activation",
             max_kernel=max_kernel,
-            profile=pricing.profile,
+            costs=pricing.costs(a),
         )
         result.plan.save(out_path)
         if fmt == Format.json:
@@ -185,7 +185,7 @@ def plan_cmd(
         from dsa.latency.evaluate import evaluate
 
         pricing = resolve_pricing(a, gpu, None, None, batch_size, prec, allow_incomplete, runtime)
-        prediction = evaluate(a, p, pricing.device, pricing.batch, pricing.precision, profile=pricing.profile)
+        prediction = evaluate(a, p, costs=pricing.costs(a))
         prediction = prediction.prediction()
         p = p.with_metadata(prediction=prediction)
     p.save(out_path)
@@ -297,7 +297,7 @@ def pareto_cmd(
             pricing.device,
             pricing.batch,
             pricing.precision,
-            profile=pricing.profile,
+            costs=pricing.costs(a),
             importance=scores,
             default_cost=default_cost,
             block_importance=blocks_cost if g == "block" else None,

@@ -34,7 +34,7 @@ from typing import Any
 import roofline as rl
 from dsa.errors import ArtifactError
 from dsa.io import atomic_write_json, read_json
-from dsa.ir import Analysis
+from dsa.ir import Analysis, Segment
 from dsa.vocab import DEFAULT_RUNTIME, LAYOUTS, PRECISIONS, RUNTIMES
 
 SCHEMA_VERSION = 1
@@ -73,7 +73,9 @@ class Profile:
     environment: dict
     device_spec: dict  # a roofline DeviceSpec as a dict
     ops: dict[str, Stat]  # by op name
-    segments: dict[str, dict]  # by signature: {"conv": Stat, "act": Stat | None, "members": [...], "kernel": ...}
+    # by signature: {"conv": Stat, "act": Stat | None, "members": [...], "kernel": ...}; under a runtime also
+    # "original" (the ops it replaces, standalone) and, when timed so, "in_network" (the conv inside a network)
+    segments: dict[str, dict]
     end_to_end: dict[str, dict]  # "original" / "merged": {"median_ms", "iqr_ms", "n", "images_per_s", ...}
     warmup: int = 0
     repeats: int = 0
@@ -101,8 +103,9 @@ class Profile:
         segs = {}
         for sig, s in self.segments.items():
             segs[sig] = {**s, "conv": s["conv"].to_json(), "act": s["act"].to_json() if s.get("act") else None}
-            if s.get("original") is not None:
-                segs[sig]["original"] = s["original"].to_json()
+            for key in ("original", "in_network"):
+                if s.get(key) is not None:
+                    segs[sig][key] = s[key].to_json()
         return {
             "schema_version": self.schema_version,
             "kind": "dsa.profile",
@@ -221,6 +224,21 @@ def _check_batch_consistency(d: dict, path: str) -> None:
             )
 
 
+def segment_entry(seg: Segment) -> dict:
+    """What a profile records of a candidate segment besides its times: members and merged shape."""
+    return {
+        "members": list(seg.members),
+        "convs": len(seg.convs),
+        "c_in": seg.in_channels,
+        "c_out": seg.out_channels,
+        "kernel": list(seg.kernel),
+        "stride": list(seg.stride),
+        "groups": seg.groups,
+        "in_shape": list(seg.in_shape),
+        "out_shape": list(seg.out_shape),
+    }
+
+
 def profile_from_json(d: Any, path: str = "<memory>") -> Profile:
     """Validate a decoded profile; errors name the field."""
     if not isinstance(d, dict):
@@ -271,8 +289,9 @@ def profile_from_json(d: Any, path: str = "<memory>") -> Profile:
             "conv": _stat(s.get("conv"), f"segments.{sig}.conv", path),
             "act": _stat(s["act"], f"segments.{sig}.act", path) if s.get("act") else None,
         }
-        if s.get("original") is not None:
-            segs[sig]["original"] = _stat(s["original"], f"segments.{sig}.original", path)
+        for key in ("original", "in_network"):
+            if s.get(key) is not None:
+                segs[sig][key] = _stat(s[key], f"segments.{sig}.{key}", path)
     fused = d.get("fused", {})
     if not isinstance(fused, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in fused.items()):
         raise ArtifactError(f"profile {path}: field 'fused' must map op names to the op names they run inside")

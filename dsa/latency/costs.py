@@ -9,9 +9,16 @@ from typing import Protocol
 import roofline as rl
 from dsa.ir import FUSABLE_KINDS, Analysis, Op, Segment, fused_into, signature_of
 from dsa.latency.ops import CostedOp, added_act, dtype_bytes, op_spec, planned_ops, segment_conv_spec
-from dsa.vocab import DEFAULT_RUNTIME, FUSED_RUNTIMES
+from dsa.vocab import DEFAULT_RUNTIME, FUSED_RUNTIMES, TACTIC_RUNTIMES
 
 Priced = tuple[rl.OpTime, str]  # the time, and where it comes from: "roofline" or "measured"
+
+
+def conv_policy_of(runtime: str) -> str | None:
+    """The roofline's conv-algorithm policy under ``runtime``: ``fastest`` for a runtime that times its tactics
+    (:data:`dsa.vocab.TACTIC_RUNTIMES`: TensorRT), else None (the device's default: cuDNN's heuristics on GPUs,
+    direct convolution on CPUs)."""
+    return "fastest" if runtime in TACTIC_RUNTIMES else None
 
 
 class CostModel(Protocol):
@@ -63,6 +70,7 @@ class RooflineCosts:
         self.analysis = analysis
         self.runtime = runtime
         self.fused = runtime in FUSED_RUNTIMES
+        self.conv_algorithms = conv_policy_of(runtime)
         self.device = device if isinstance(device, rl.DeviceSpec) else rl.load_device(device)
         self.batch = batch
         self.precision = precision
@@ -72,6 +80,7 @@ class RooflineCosts:
             calibration = cal
         self.calibration = calibration
         self._op_cache: dict[str, float] = {}
+        self._spec_cache: dict[tuple[rl.OpSpec, bool], Priced] = {}  # an item priced again (the planner's edges)
         self._inside: dict[str, bool] = {}  # op id -> runs inside another op's kernel (fused runtimes)
 
     @property
@@ -93,9 +102,16 @@ class RooflineCosts:
         return self._inside[op.id]
 
     def price(self, item: CostedOp) -> Priced:
-        if self.runs_fused(item):
-            return rl.predict_fused_op(item.spec, self.device, self.precision, self.calibration), "fused"
-        return rl.predict_op(item.spec, self.device, self.precision, self.calibration), "roofline"
+        fused = self.runs_fused(item)
+        key = (item.spec, fused)
+        if key not in self._spec_cache:
+            if fused:
+                priced = rl.predict_fused_op(item.spec, self.device, self.precision, self.calibration), "fused"
+            else:
+                t = rl.predict_op(item.spec, self.device, self.precision, self.calibration, self.conv_algorithms)
+                priced = t, "roofline"
+            self._spec_cache[key] = priced
+        return self._spec_cache[key]
 
     def _ms(self, item: CostedOp) -> float:
         return self.price(item)[0].total_ms
@@ -117,14 +133,26 @@ class RooflineCosts:
 
 class ProfileCosts(RooflineCosts):
     """Measured times of a :class:`~dsa.formats.profile.Profile` where it has them, else its (calibrated)
-    roofline: an op by name, a merged segment by its shape signature, a one-conv segment by its conv, an added
-    activation by the measured activation after the segment it follows. A profile taken under a fused runtime
-    says which ops ran inside another op's node (``fused``): they cost nothing of their own (their time is in
-    that node's), and neither does an added activation (the segment was timed with it). The profile must fit
-    the analysis (:meth:`~dsa.formats.profile.Profile.check_for`)."""
+    roofline: an op by name, a merged segment by its shape signature (standalone, or with ``in_network`` -- the
+    default for INT8 profiles -- its time inside a merged network where the profile has one), a one-conv segment
+    by its conv, an added activation by the measured activation after the segment it follows. A profile taken
+    under a fused runtime says which ops ran inside another op's node (``fused``): they cost nothing of their own
+    (their time is in that node's), and neither does an added activation (the segment was timed with it). The
+    profile must fit the analysis (:meth:`~dsa.formats.profile.Profile.check_for`)."""
 
-    def __init__(self, analysis: Analysis, profile, batch: int | None = None, precision: str | None = None) -> None:
+    def __init__(
+        self,
+        analysis: Analysis,
+        profile,
+        batch: int | None = None,
+        precision: str | None = None,
+        in_network: bool | None = None,
+    ) -> None:
         profile.check_for(analysis, batch, precision, allow_incomplete=True)
+        # a merged segment's time inside a merged network, where the profile has one: by default for INT8, whose
+        # standalone graphs pay a quantize and a dequantize at their edges (docs/results.md: INT8 predictions 30.8%
+        # -> 13.1% median error; float32 ones 9.5% -> 11.6%, so float32 keeps the standalone time)
+        self.in_network = profile.precision == "int8" if in_network is None else in_network
         super().__init__(
             analysis, profile.device(), profile.batch_size, profile.precision, runtime=profile.runtime_name
         )
@@ -143,7 +171,7 @@ class ProfileCosts(RooflineCosts):
         if item.kind == "segment":
             entry = self._entry(item.seg)
             if entry is not None:
-                return entry["conv"]
+                return (self.in_network and entry.get("in_network")) or entry["conv"]
             return None if item.seg.merged else self.profile.ops.get(item.seg.convs[0])
         if item.kind == "act":
             entry = self._entry(item.seg)

@@ -11,7 +11,7 @@ from dsa.formats.plan import Plan, bn_folded_plan
 from dsa.ir import Analysis, Segment
 from dsa.latency.costs import CostModel, ProfileCosts, RooflineCosts
 from dsa.latency.ops import CostedOp, planned_ops
-from dsa.vocab import DEFAULT_DEVICE
+from dsa.vocab import DEFAULT_DEVICE, DEFAULT_RUNTIME
 
 
 @dataclass(frozen=True)
@@ -163,11 +163,13 @@ def cost_model(
     batch: int = 128,
     precision: str = "fp32",
     profile=None,
+    runtime: str = DEFAULT_RUNTIME,
 ) -> CostModel:
-    """The cost model of ``device`` (roofline), or of a measured ``profile`` (its device, calibration and times)."""
+    """The cost model of ``device`` under ``runtime`` (roofline), or of a measured ``profile`` (its device,
+    calibration, runtime and times)."""
     if profile is not None:
         return ProfileCosts(a, profile, batch, precision)
-    return RooflineCosts(a, device, batch, precision)
+    return RooflineCosts(a, device, batch, precision, runtime=runtime)
 
 
 def evaluate(
@@ -225,12 +227,13 @@ def activation_savings(
     batch: int = 128,
     precision: str = "fp32",
     profile=None,
+    runtime: str = DEFAULT_RUNTIME,
 ) -> dict[str, float]:
     """Predicted milliseconds saved by removing each removable activation on its own (negative where the
     merged conv is slower than the pair it replaces); the latency term of the ``gates`` accuracy proxy."""
     from dsa.formats.plan import make_plan
 
-    costs = cost_model(a, device, batch, precision, profile)
+    costs = cost_model(a, device, batch, precision, profile, runtime)
     base = None
     out = {}
     for name in a.removable:

@@ -56,6 +56,7 @@ def entry_conv_spec(name: str, entry: dict, batch: int, nbytes: int) -> rl.OpSpe
         groups=entry["groups"],
         bias=True,
         dtype_bytes=nbytes,
+        stride=tuple(entry["stride"]),
     )
 
 

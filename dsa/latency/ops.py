@@ -67,6 +67,7 @@ def op_spec(a: Analysis, op: Op, batch: int, nbytes: int) -> rl.OpSpec | None:
             groups=c.groups,
             bias=c.bias,
             dtype_bytes=nbytes,
+            stride=c.stride,
         )
     if op.kind == Kind.BN:
         return rl.elementwise_op(op.name, "bn", numel, dtype_bytes=nbytes, batch=batch, channels=shape[1])
@@ -121,6 +122,7 @@ def segment_conv_spec(seg: Segment, batch: int, nbytes: int) -> rl.OpSpec:
         groups=groups,
         bias=True,
         dtype_bytes=nbytes,
+        stride=seg.stride,
     )
 
 

@@ -14,7 +14,11 @@ from dsa.formats.profile import Profile, device_profiles, find_profile
 from dsa.ir import Analysis
 from dsa.latency.costs import CostModel
 from dsa.latency.evaluate import activation_savings, cost_model
-from dsa.vocab import DEFAULT_DEVICE, DEFAULT_RUNTIME, RUNTIMES
+from dsa.vocab import DEFAULT_DEVICE, DEFAULT_RUNTIME, RUNTIMES, TACTIC_RUNTIMES
+
+#: runtimes the roofline prices without a profile: eager kernels, and TensorRT's fused kernels at their fastest
+#: algorithm (no adapter measures TensorRT here)
+ROOFLINE_RUNTIMES: tuple[str, ...] = (DEFAULT_RUNTIME, *sorted(TACTIC_RUNTIMES))
 
 PROFILES_DIR = Path("profiles")
 DEFAULT_BATCH = 128
@@ -34,7 +38,7 @@ class Pricing:
     runtime: str = DEFAULT_RUNTIME
 
     def costs(self, a: Analysis) -> CostModel:
-        return cost_model(a, self.device, self.batch, self.precision, self.profile)
+        return cost_model(a, self.device, self.batch, self.precision, self.profile, self.runtime)
 
 
 def incomplete_note(prof: Profile, path: str | Path) -> tuple[str, ...]:
@@ -92,7 +96,7 @@ def resolve(
     """With ``profile``: it must fit ``a`` (and ``batch`` / ``precision`` when given) and ``runtime``, and sets
     them. Else on ``gpu`` (default v100) at ``batch`` (128) and ``precision`` (fp32), with a matching measured
     profile of ``profiles_dir/<device>/`` taken under ``runtime`` where there is one. The roofline models eager
-    kernels: another runtime needs a profile taken under it."""
+    kernels and TensorRT's (fused, fastest conv algorithm): another runtime needs a profile taken under it."""
     if runtime not in RUNTIMES:
         raise DsaError(f"unknown --runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
     if profile is not None:
@@ -101,13 +105,20 @@ def resolve(
         return Pricing(profile.device_name, profile.batch_size, profile.precision, profile, (), warnings, runtime)
     gpu = gpu or DEFAULT_DEVICE
     batch, precision = batch or DEFAULT_BATCH, precision or DEFAULT_PRECISION
+    if runtime in TACTIC_RUNTIMES:
+        try:
+            kind = rl.load_device(gpu).kind
+        except rl.RooflineError:
+            kind = "cpu"  # a device known only through its profiles: this machine's
+        if kind != "gpu":
+            raise DsaError(f"--runtime {runtime} runs on NVIDIA GPUs; {gpu} is not one: give --gpu G for a GPU")
     found = _find(a, gpu, batch, precision, allow_incomplete, Path(profiles_dir), runtime)
     if found is None:
-        if runtime != DEFAULT_RUNTIME:
+        if runtime not in ROOFLINE_RUNTIMES:
             raise ArtifactError(
                 f"no profile under {profiles_dir}/ of {a.model_name} at {a.input_size} px, batch {batch}, {precision} "
-                f"was taken under {runtime}, and the roofline models eager PyTorch: give a profile taken under "
-                f"{runtime}, or price for eager"
+                f"was taken under {runtime}, and the roofline models eager PyTorch (and TensorRT on GPUs) only: give a "
+                f"profile taken under {runtime}, or price for eager"
             )
         return Pricing(gpu, batch, precision, None, runtime=runtime)
     prof, path = found

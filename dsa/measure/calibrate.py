@@ -23,7 +23,7 @@ from dsa.errors import ArtifactError
 from dsa.formats.plan import plan_from_json
 from dsa.formats.profile import Profile
 from dsa.ir import Analysis, act_after
-from dsa.latency.costs import ProfileCosts, RooflineCosts
+from dsa.latency.costs import ProfileCosts, RooflineCosts, conv_policy_of
 from dsa.latency.measured import MeasuredItem, entry_conv_spec, measured_items, with_calibration
 from dsa.latency.ops import CostedOp, baseline_ops, dtype_bytes, op_spec, planned_ops
 
@@ -58,6 +58,7 @@ def calibrate(a: Analysis, p: Profile) -> tuple[rl.Calibration, Profile]:
         per_class_memory=True,
         large_thresholds_mb=None,
         time_weighted=True,
+        conv_algorithms=conv_policy_of(p.runtime_name),
     )
     return cal, with_calibration(p, cal)
 
@@ -78,9 +79,11 @@ def _metrics(pred: Sequence[float], meas: Sequence[float]) -> dict:
     return out
 
 
-def _predict(items: Sequence[MeasuredItem], device: rl.DeviceSpec, precision: str) -> list[float]:
+def _predict(
+    items: Sequence[MeasuredItem], device: rl.DeviceSpec, precision: str, policy: str | None = None
+) -> list[float]:
     cal = device.calibration
-    return [sum(rl.predict_op(s, device, precision, cal).total_ms for s in it.specs) for it in items]
+    return [sum(rl.predict_op(s, device, precision, cal, policy).total_ms for s in it.specs) for it in items]
 
 
 def validate(a: Analysis, p: Profile, calibration: rl.Calibration | None = None) -> dict:
@@ -104,7 +107,9 @@ def validate(a: Analysis, p: Profile, calibration: rl.Calibration | None = None)
         part = {}
         for kind in ("segment", "op"):
             sel = [it for it in held if it.kind == kind]
-            part[kind] = _metrics(_predict(sel, dev, p.precision), [it.measured_ms for it in sel])
+            part[kind] = _metrics(
+                _predict(sel, dev, p.precision, conv_policy_of(p.runtime_name)), [it.measured_ms for it in sel]
+            )
         report[label] = part
     report["heldout"] = report["calibrated"]["segment"]
     report["heldout_ops"] = report["calibrated"]["op"]

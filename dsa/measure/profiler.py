@@ -16,7 +16,7 @@ from torch import nn
 import roofline as rl
 from dsa.errors import DsaError
 from dsa.formats.plan import Plan, remove_all_plan
-from dsa.formats.profile import Profile, Stat
+from dsa.formats.profile import Profile, Stat, segment_entry
 from dsa.io import without_profiler_noise
 from dsa.ir import Analysis, Segment, signature_of
 from dsa.measure.timing import sync, time_callable
@@ -142,21 +142,6 @@ def end_to_end_rows(timings: dict, batch_size: int, plan: Plan | None) -> dict[s
         if name == "merged":
             rows[name]["plan"] = plan.to_json()
     return rows
-
-
-def segment_entry(seg: Segment) -> dict:
-    """What a profile records of a candidate segment besides its times: members and merged shape."""
-    return {
-        "members": list(seg.members),
-        "convs": len(seg.convs),
-        "c_in": seg.in_channels,
-        "c_out": seg.out_channels,
-        "kernel": list(seg.kernel),
-        "stride": list(seg.stride),
-        "groups": seg.groups,
-        "in_shape": list(seg.in_shape),
-        "out_shape": list(seg.out_shape),
-    }
 
 
 def segment_module(seg: Segment, act: bool) -> tuple[nn.Module, nn.Module | None]:

@@ -12,7 +12,12 @@ runs:
 - ``segments``: every candidate merged segment, as a standalone graph in the runtime with the real shapes: the
   merged conv (with the activation after it, when it keeps one, fused as the runtime fuses it: ``conv``) and
   the original ops it replaces (``original``: its convs, BNs, activations and add, and the kept activation);
-- ``end_to_end``: the original network (and a merged one, with a plan) timed whole under the runtime.
+- ``end_to_end``: the original network (and a merged one, with a plan) timed whole under the runtime;
+- with ``in_network``, every segment's merged conv is also timed *inside* a merged network
+  (:func:`covering_plans`: a few plans whose merged networks hold every candidate segment between them, each run
+  whole under the runtime's profiler, each merged conv's node matched to its segment): ``segments.<sig>.in_network``.
+  Inside a network a merged conv pays no quantize/dequantize or layout conversions at its edges, which a
+  standalone graph does (INT8 graphs most of all); costs use the in-network time where there is one.
 
 Standalone graphs are timed with the runtime's profiler too; their layout conversions at the graph's edges
 (which the network pays once, not per segment) are left out.
@@ -32,7 +37,7 @@ from torch import nn
 import roofline as rl
 from dsa.errors import DsaError
 from dsa.export import scope_of
-from dsa.formats.plan import Plan
+from dsa.formats.plan import AddedActivation, Plan, make_plan
 from dsa.formats.profile import Profile, Stat
 from dsa.ir import FUSABLE_KINDS, POOL_TYPES, Analysis, Kind, Op, Segment, act_after, fused_into, signature_of
 from dsa.measure.runtimes import NodeTime, check_runtime, node_times, runtime_info
@@ -117,6 +122,122 @@ def attribute(a: Analysis, nodes: Sequence[NodeTime]) -> tuple[dict[str, list[fl
     return runs, fused, other
 
 
+#: runtime node types that are a conv (ONNX Runtime fp32 and QDQ-fused INT8, OpenVINO)
+CONV_NODE_TYPES = frozenset({"Conv", "FusedConv", "QLinearConv", "ConvInteger", "Convolution", "GroupConvolution"})
+
+
+def covering_plans(a: Analysis, signatures: Sequence[str]) -> list[Plan]:
+    """Few plans whose merged networks hold, between them, a merged segment of every signature in
+    ``signatures``: per linear run of the candidate DAG (activation granularity), paths that each take as many
+    not yet covered segments as they can (a longest path over the DAG), until no path takes a new one; plan k
+    follows the k-th path of every run (the all-kept path where a run needs fewer)."""
+    from dsa.latency.costs import RooflineCosts
+    from dsa.planner.candidates import KEEP, build_candidates
+
+    cands = build_candidates(a, RooflineCosts(a, rl.load_device("v100")), "activation")
+    want = set(signatures)
+    out_edges = cands.out_edges()
+    per_run: list[list[list]] = []
+    for r in range(cands.n_runs):
+        paths: list[list] = []
+        while True:
+            best: dict[int, tuple[int, list]] = {cands.starts[r]: (0, [])}
+            for v in _topological(cands, r, out_edges):
+                if v not in best:
+                    continue
+                score, path = best[v]
+                for e in out_edges[v]:
+                    seg = e.segment
+                    gain = int(seg is not None and seg.merged and signature_of(seg) in want)
+                    if e.dst not in best or score + gain > best[e.dst][0]:
+                        best[e.dst] = (score + gain, [*path, e])
+            score, path = best[cands.ends[r]]
+            if score == 0:
+                break
+            paths.append(path)
+            want -= {signature_of(e.segment) for e in path if e.segment is not None and e.segment.merged}
+        per_run.append(paths)
+    plans = []
+    for k in range(max((len(p) for p in per_run), default=0)):
+        chosen = []
+        for r, paths in enumerate(per_run):
+            chosen += paths[k] if k < len(paths) else _kept_path(cands, r, out_edges, KEEP)
+        removed, added, boundaries = cands.path_plan_parts(chosen)
+        plans.append(make_plan(a, removed, [AddedActivation(x, t) for x, t in added], boundaries))
+    return plans
+
+
+def _topological(cands, run: int, out_edges) -> list[int]:
+    nodes = [n.index for n in cands.nodes if n.run == run]
+    indeg = dict.fromkeys(nodes, 0)
+    for v in nodes:
+        for e in out_edges[v]:
+            indeg[e.dst] = indeg.get(e.dst, 0) + 1
+    order, ready = [], [v for v in nodes if indeg[v] == 0]
+    while ready:
+        v = ready.pop()
+        order.append(v)
+        for e in out_edges[v]:
+            indeg[e.dst] -= 1
+            if indeg[e.dst] == 0:
+                ready.append(e.dst)
+    return order
+
+
+def _kept_path(cands, run: int, out_edges, keep_kind: str) -> list:
+    """The run's path that merges nothing: fewest merged convs (prefer keep edges), found greedily."""
+    best: dict[int, tuple[int, list]] = {cands.starts[run]: (0, [])}
+    for v in _topological(cands, run, out_edges):
+        if v not in best:
+            continue
+        cost, path = best[v]
+        for e in out_edges[v]:
+            extra = 0 if e.segment is None or not e.segment.merged else len(e.segment.convs)
+            if e.dst not in best or cost + extra < best[e.dst][0]:
+                best[e.dst] = (cost + extra, [*path, e])
+    return best[cands.ends[run]][1]
+
+
+def in_network_times(
+    a: Analysis,
+    model: nn.Module,
+    runtime: str,
+    plans: Sequence[Plan],
+    *,
+    batch_size: int,
+    threads: int | None = None,
+    repeats: int = 5,
+    int8: bool = False,
+    tick: Callable[[str], None] | None = None,
+) -> dict[str, list[float]]:
+    """Per segment signature, the times of its merged conv's node inside the merged network of each plan that
+    holds it, under ``runtime`` (nodes matched to the planned network's convs in execution order)."""
+    from dsa.latency.ops import planned_ops
+    from dsa.transform.merge import merge
+
+    x = torch.randn(batch_size, 3, a.input_size, a.input_size)
+    out: dict[str, list[float]] = {}
+    for plan in plans:
+        merged = merge(copy.deepcopy(model), plan)
+        with torch.inference_mode():
+            nodes = [
+                n for n in node_times(runtime, merged, x, repeats, threads, int8=int8) if n.op_type in CONV_NODE_TYPES
+            ]
+        _, planned, _ = planned_ops(a, plan, batch_size)
+        convs = [c for c in planned if c.kind == "segment" or (c.op is not None and c.op.kind == Kind.CONV)]
+        if len(nodes) != len(convs):
+            raise DsaError(
+                f"the merged network under {runtime} ran {len(nodes)} conv nodes for its {len(convs)} convs; "
+                "cannot match them to segments (profile without in-network timing)"
+            )
+        for c, n in zip(convs, nodes, strict=True):
+            if c.kind == "segment" and c.seg is not None and c.seg.merged:
+                out.setdefault(signature_of(c.seg), []).append(n.median_ms)
+        if tick:
+            tick(f"merged network {len(out)} segments")
+    return out
+
+
 def original_subgraph(a: Analysis, seg: Segment, act: bool) -> fx.GraphModule:
     """The ops of the original network that ``seg`` replaces (and the activation it keeps after it), as a
     network of their own that reads the segment's input."""
@@ -199,13 +320,15 @@ def profile_runtime(
     device_spec: rl.DeviceSpec | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     precision: str = "fp32",
+    in_network: bool = False,
 ) -> Profile:
     """Measure ``model`` (analysed as ``a``, CPU float32) under ``runtime``; see the module docstring. With
     ``precision="int8"`` every graph timed (the network, each segment both ways, the merged network) is first
     quantized by the runtime's own tooling (:func:`dsa.quantize.quantize`, calibrated on its random input): a
     network with random weights needs settled BN statistics (:func:`dsa.quantize.settle_random_weights`). A
     KeyboardInterrupt stops measuring and returns what was measured so far, with ``complete=False``."""
-    from dsa.measure.profiler import Steps, candidate_segments, end_to_end_rows, segment_entry, segment_module
+    from dsa.formats.profile import segment_entry
+    from dsa.measure.profiler import Steps, candidate_segments, end_to_end_rows, segment_module
     from dsa.measure.timing import measure
     from dsa.transform.merge import merge
 
@@ -224,7 +347,8 @@ def profile_runtime(
     size = a.input_size
     x = torch.randn(batch_size, 3, size, size)
     segments = list(segments) if segments is not None else candidate_segments(a)
-    steps = Steps(1 + len(segments) + 1, progress)
+    plans = covering_plans(a, [signature_of(s) for s, _ in segments]) if in_network else []
+    steps = Steps(1 + len(segments) + len(plans) + 1, progress)
     ops: dict[str, Stat] = {}
     fused: dict[str, str] = {}
     segs: dict[str, dict] = {}
@@ -250,6 +374,21 @@ def profile_runtime(
                 }
             segs[signature_of(seg)] = entry
             steps.tick(f"segment {seg.members[0]}")
+        if plans:
+            inside = in_network_times(
+                a,
+                model,
+                runtime,
+                plans,
+                batch_size=batch_size,
+                threads=threads,
+                repeats=repeats,
+                int8=int8,
+                tick=steps.tick,
+            )
+            for sig, times in inside.items():
+                if sig in segs:
+                    segs[sig]["in_network"] = Stat.of(times)
         nets = {"original": model}
         if plan is not None:
             nets["merged"] = merge(copy.deepcopy(model), plan)

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from dsa.errors import DsaError
-from dsa.vocab import RUNTIMES  # the names, defined once
+from dsa.vocab import RUN_RUNTIMES, RUNTIMES  # the names, defined once
 
 _PACKAGES = {"eager": "torch", "compile": "torch", "onnxruntime": "onnxruntime", "openvino": "openvino"}
 _EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
@@ -43,6 +43,12 @@ def check_runtime(name: str) -> str:
     """``name`` if dsa knows it and it is installed; else a :class:`DsaError` saying what to do."""
     if name not in RUNTIMES:
         raise DsaError(f"unknown --runtime {name!r}; choose one of {', '.join(RUNTIMES)}")
+    if name not in RUN_RUNTIMES:
+        raise DsaError(
+            f"dsa cannot run networks under --runtime {name}: it has no {name} adapter (TensorRT needs a CUDA device); "
+            f"{name} prices plans only: `dsa plan --runtime {name} --gpu G` (roofline), or with a measured table "
+            f"imported by `dsa import-table`; to measure here, choose one of {', '.join(RUN_RUNTIMES)}"
+        )
     try:
         metadata.version(_PACKAGES[name])
     except metadata.PackageNotFoundError as e:
