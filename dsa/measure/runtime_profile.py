@@ -130,41 +130,54 @@ def covering_plans(a: Analysis, signatures: Sequence[str]) -> list[Plan]:
     """Few plans whose merged networks hold, between them, a merged segment of every signature in
     ``signatures``: per linear run of the candidate DAG (activation granularity), paths that each take as many
     not yet covered segments as they can (a longest path over the DAG), until no path takes a new one; plan k
-    follows the k-th path of every run (the all-kept path where a run needs fewer)."""
+    follows the k-th path of every run (the path merging the fewest convs where a run needs fewer)."""
     from dsa.latency.costs import RooflineCosts
-    from dsa.planner.candidates import KEEP, build_candidates
+    from dsa.planner.candidates import build_candidates
 
     cands = build_candidates(a, RooflineCosts(a, rl.load_device("v100")), "activation")
     want = set(signatures)
     out_edges = cands.out_edges()
+
+    def merged_sig(e) -> str | None:
+        return signature_of(e.segment) if e.segment is not None and e.segment.merged else None
+
     per_run: list[list[list]] = []
     for r in range(cands.n_runs):
         paths: list[list] = []
         while True:
-            best: dict[int, tuple[int, list]] = {cands.starts[r]: (0, [])}
-            for v in _topological(cands, r, out_edges):
-                if v not in best:
-                    continue
-                score, path = best[v]
-                for e in out_edges[v]:
-                    seg = e.segment
-                    gain = int(seg is not None and seg.merged and signature_of(seg) in want)
-                    if e.dst not in best or score + gain > best[e.dst][0]:
-                        best[e.dst] = (score + gain, [*path, e])
-            score, path = best[cands.ends[r]]
+            left = frozenset(want)
+            score, path = _best_path(cands, r, out_edges, lambda e, left=left: -int(merged_sig(e) in left))
             if score == 0:
                 break
             paths.append(path)
-            want -= {signature_of(e.segment) for e in path if e.segment is not None and e.segment.merged}
+            want -= {merged_sig(e) for e in path}
         per_run.append(paths)
+
+    def convs_merged(e) -> int:
+        return len(e.segment.convs) if merged_sig(e) else 0
+
     plans = []
     for k in range(max((len(p) for p in per_run), default=0)):
         chosen = []
         for r, paths in enumerate(per_run):
-            chosen += paths[k] if k < len(paths) else _kept_path(cands, r, out_edges, KEEP)
+            chosen += paths[k] if k < len(paths) else _best_path(cands, r, out_edges, convs_merged)[1]
         removed, added, boundaries = cands.path_plan_parts(chosen)
         plans.append(make_plan(a, removed, [AddedActivation(x, t) for x, t in added], boundaries))
     return plans
+
+
+def _best_path(cands, run: int, out_edges, cost: Callable) -> tuple[float, list]:
+    """The least-``cost`` path (a sum over its edges) from the run's start to its end in the candidate DAG."""
+    best: dict[int, tuple[float, list]] = {cands.starts[run]: (0, [])}
+    for v in _topological(cands, run, out_edges):
+        if v not in best:
+            continue
+        total, path = best[v]
+        for e in out_edges[v]:
+            c = total + cost(e)
+            if e.dst not in best or c < best[e.dst][0]:
+                best[e.dst] = (c, [*path, e])
+    return best[cands.ends[run]]
 
 
 def _topological(cands, run: int, out_edges) -> list[int]:
@@ -182,20 +195,6 @@ def _topological(cands, run: int, out_edges) -> list[int]:
             if indeg[e.dst] == 0:
                 ready.append(e.dst)
     return order
-
-
-def _kept_path(cands, run: int, out_edges, keep_kind: str) -> list:
-    """The run's path that merges nothing: fewest merged convs (prefer keep edges), found greedily."""
-    best: dict[int, tuple[int, list]] = {cands.starts[run]: (0, [])}
-    for v in _topological(cands, run, out_edges):
-        if v not in best:
-            continue
-        cost, path = best[v]
-        for e in out_edges[v]:
-            extra = 0 if e.segment is None or not e.segment.merged else len(e.segment.convs)
-            if e.dst not in best or cost + extra < best[e.dst][0]:
-                best[e.dst] = (cost + extra, [*path, e])
-    return best[cands.ends[run]][1]
 
 
 def in_network_times(
