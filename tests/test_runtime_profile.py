@@ -216,3 +216,25 @@ def load_profile_roundtrip(prof):
 
 def test_in_network_needs_a_runtime(tmp_path) -> None:
     user_error(dsa("profile", *TINY, "--in-network", "--out", tmp_path / "p.json"), "--in-network", "--runtime")
+
+
+def test_a_plan_checked_in_its_own_network(tiny) -> None:
+    """plan_in_context: the chosen plan's merged convs get their times from that plan's own network, and planning
+    stops once the plan no longer changes."""
+    from dsa.measure.runtime_profile import plan_in_context
+    from dsa.planner.planner import solve_plan
+
+    model, a = tiny
+    prof = profile_runtime(model, a, "onnxruntime", batch_size=2, threads=1, warmup=1, repeats=2, device_spec=SPEC)
+
+    def solve(costs):
+        return solve_plan(a, max_accuracy_cost=2.0, costs=costs)
+
+    result, updated, history = plan_in_context(a, model, prof, solve, threads=1, repeats=2, rounds=3)
+    assert 1 <= len(history) <= 3
+    merged = {s for s in result.plan.induced_segments(a) if s.merged}
+    from dsa.ir import signature_of
+
+    timed = {k for k, e in updated.segments.items() if e.get("in_network") is not None}
+    assert {signature_of(s) for s in merged} & set(prof.segments) <= timed
+    assert not any(e.get("in_network") for e in prof.segments.values())  # the given profile is left as it was

@@ -26,6 +26,7 @@ Standalone graphs are timed with the runtime's profiler too; their layout conver
 from __future__ import annotations
 
 import copy
+import dataclasses
 import datetime as dt
 import platform
 from collections.abc import Callable, Sequence
@@ -235,6 +236,49 @@ def in_network_times(
         if tick:
             tick(f"merged network {len(out)} segments")
     return out
+
+
+def plan_in_context(
+    a: Analysis,
+    model: nn.Module,
+    profile: Profile,
+    solve: Callable,
+    *,
+    threads: int | None = None,
+    repeats: int = 5,
+    rounds: int = 4,
+) -> tuple[object, Profile, list[dict]]:
+    """The planner's choice checked in the network it will run in: solve (``solve(costs) -> PlanResult``, priced by
+    the profile with in-network times), time that plan's own merged network under the profile's runtime and record
+    each of its merged convs' times there (``in_network``), and solve again with them, until the plan stops changing
+    (or after ``rounds`` solves). Returns the last result, the profile with the in-context times, and per round
+    the plan's removed activations and predicted speed-up."""
+    from dsa.latency.costs import ProfileCosts
+
+    prof, history, last, result = profile, [], None, None
+    for _ in range(rounds):
+        result = solve(ProfileCosts(a, prof, in_network=True))
+        plan = result.plan
+        key = (tuple(sorted(plan.removed)), tuple(x.after for x in plan.added), tuple(sorted(plan.boundaries)))
+        history.append({"removed": len(plan.removed), "predicted_speedup": result.speedup})
+        if key == last:
+            break
+        last = key
+        times = in_network_times(
+            a,
+            model,
+            prof.runtime_name,
+            [plan],
+            batch_size=prof.batch_size,
+            threads=threads,
+            repeats=repeats,
+            int8=prof.precision == "int8",
+        )
+        segs = {
+            sig: ({**e, "in_network": Stat.of(times[sig])} if sig in times else e) for sig, e in prof.segments.items()
+        }
+        prof = dataclasses.replace(prof, segments=segs)
+    return result, prof, history
 
 
 def original_subgraph(a: Analysis, seg: Segment, act: bool) -> fx.GraphModule:
