@@ -20,7 +20,7 @@ import torch
 
 from dsa.io import atomic_write_bytes, atomic_write_json
 from dsa.measure.runtimes import prepare, prepare_quantized, runtime_info
-from dsa.measure.timing import timed_run
+from dsa.measure.timing import round_robin
 from dsa.networks import load_for_eval
 from dsa.train.evaluate import quantize_checkpoint
 
@@ -54,12 +54,7 @@ def main() -> None:
     dev = torch.device("cpu")
     with torch.inference_mode():
         for _ in range(args.runs):
-            for fn in runners.values():
-                fn(x)
-            samples: dict = {k: [] for k in runners}
-            for _ in range(args.repeats):
-                for k, fn in runners.items():
-                    samples[k].append(args.batch / (timed_run(lambda fn=fn: fn(x), dev, wall=True) / 1e3))
+            samples = round_robin(runners, x, dev, 1, args.repeats)
             runs.append({k: statistics.median(v) for k, v in samples.items()})
 
     def ratio(num: str, den: str) -> str:

@@ -19,10 +19,9 @@ import torch
 from dsa.formats.profile import load_profile, profile_path
 from dsa.graph import analyze
 from dsa.io import atomic_write_bytes, atomic_write_json
-from dsa.latency.costs import ProfileCosts
 from dsa.measure.runtime_profile import plan_in_context
 from dsa.measure.runtimes import prepare
-from dsa.measure.timing import timed_run
+from dsa.measure.timing import round_robin
 from dsa.models import create_model, input_size
 from dsa.planner.planner import solve_plan
 from dsa.quantize import settle_random_weights
@@ -55,8 +54,8 @@ def main() -> None:
             def solve(costs, a=a):
                 return solve_plan(a, target_speedup=args.target, costs=costs)
 
-            first = solve(ProfileCosts(a, prof, in_network=True))
             result, _, history = plan_in_context(a, model, prof, solve, threads=args.threads, repeats=prof.repeats)
+            first = history[0]["result"]
             nets = {
                 "original": model,
                 "first plan": merge(model, first.plan),
@@ -68,20 +67,13 @@ def main() -> None:
             runs = []
             with torch.inference_mode():
                 for _ in range(args.runs):
-                    for fn in fns.values():
-                        fn(x)
-                    samples: dict = {k: [] for k in fns}
-                    for _ in range(args.repeats):
-                        for k, fn in fns.items():
-                            samples[k].append(
-                                batch / (timed_run(lambda fn=fn, x=x: fn(x), torch.device("cpu"), 1, wall=True) / 1e3)
-                            )
+                    samples = round_robin(fns, x, torch.device("cpu"), 1, args.repeats)
                     runs.append({k: statistics.median(v) for k, v in samples.items()})
             case = {
                 "model": name,
                 "runtime": runtime,
                 "target": args.target,
-                "rounds": history,
+                "rounds": [{k: v for k, v in r.items() if k != "result"} for r in history],
                 "first": {"removed": len(first.plan.removed), "predicted": first.speedup, "plan": first.plan.to_json()},
                 "in_context": {
                     "removed": len(result.plan.removed),
@@ -94,7 +86,7 @@ def main() -> None:
             for key, label in (("first", "first plan"), ("in_context", "plan in context")):
                 case[key]["measured"] = statistics.median(r[label] / r["original"] for r in runs)
             cases.append(case)
-            print(name, runtime, {k: case[k]["measured"] for k in ("first", "in_context")}, history, flush=True)
+            print(name, runtime, {k: case[k]["measured"] for k in ("first", "in_context")}, case["rounds"], flush=True)
     lines = [
         "# INT8 plans checked in their own network",
         "",

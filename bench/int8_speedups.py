@@ -33,7 +33,7 @@ from dsa.io import atomic_write_bytes, atomic_write_json
 from dsa.latency.costs import ProfileCosts
 from dsa.latency.evaluate import evaluate
 from dsa.measure.runtimes import prepare, runtime_info
-from dsa.measure.timing import timed_run
+from dsa.measure.timing import round_robin
 from dsa.models import create_model, input_size
 from dsa.planner.planner import solve_plan
 from dsa.quantize import scheme, settle_random_weights
@@ -95,13 +95,7 @@ def one_case(name: str, runtime: str, batch: int, args) -> dict:
     runs: list[dict] = []
     with torch.inference_mode():
         for _ in range(args.runs):
-            for fn in prepared.values():
-                fn(x)
-            samples: dict = {k: [] for k in prepared}
-            for _ in range(args.repeats):
-                for k, fn in prepared.items():
-                    ms = timed_run(lambda fn=fn: fn(x), dev, iters, wall=True)
-                    samples[k].append(batch * iters / (ms / 1e3))
+            samples = round_robin(prepared, x, dev, 1, args.repeats, iters)
             runs.append({f"{k[0]} {k[1]}": statistics.median(v) for k, v in samples.items()})
     return {
         "model": name,

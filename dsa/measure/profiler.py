@@ -20,7 +20,7 @@ from dsa.formats.profile import Profile, Stat, segment_entry
 from dsa.io import without_profiler_noise
 from dsa.ir import Analysis, Segment, signature_of
 from dsa.measure.timing import sync, time_callable
-from dsa.vocab import DEFAULT_DEVICE, PRECISIONS
+from dsa.vocab import PRECISIONS
 
 # the precisions eager PyTorch profiles in (int8 is a runtime's quantized network: dsa.measure.runtime_profile)
 TORCH_DTYPES = dict(zip(PRECISIONS[:4], (torch.float32, torch.float32, torch.float16, torch.bfloat16), strict=True))
@@ -104,16 +104,11 @@ def candidate_segments(a: Analysis) -> list[tuple[Segment, bool]]:
     """Every merged segment the planner may choose (the merged-segment edges of its DAGs, both
     granularities), with whether an activation follows it (True unless it came only from removing
     everything removable), deduplicated by shape."""
-    from dsa.latency.costs import RooflineCosts
-    from dsa.planner.candidates import build_candidates
+    from dsa.planner.candidates import merged_segments
 
     out: dict[str, tuple[Segment, bool]] = {}
-    costs = RooflineCosts(a, DEFAULT_DEVICE)  # the device does not matter: only the segments are read
-    for granularity in ("activation", "block"):
-        for edge in build_candidates(a, costs, granularity).edges:
-            seg = getattr(edge, "segment", None)
-            if seg is not None and seg.merged:
-                out.setdefault(signature_of(seg), (seg, True))
+    for seg in merged_segments(a):
+        out.setdefault(signature_of(seg), (seg, True))
     for seg in remove_all_plan(a).induced_segments(a):
         if seg.merged:
             out.setdefault(signature_of(seg), (seg, False))

@@ -42,7 +42,7 @@ from dsa.formats.plan import AddedActivation, Plan, make_plan
 from dsa.formats.profile import Profile, Stat
 from dsa.ir import FUSABLE_KINDS, POOL_TYPES, Analysis, Kind, Op, Segment, act_after, fused_into, signature_of
 from dsa.measure.runtimes import NodeTime, check_runtime, node_times, runtime_info
-from dsa.vocab import PROFILED_RUNTIMES
+from dsa.vocab import DEFAULT_DEVICE, PROFILED_RUNTIMES
 
 # runtime node types -> the analysis op they may stand for when the name does not say (functional calls)
 _TYPE_KINDS = {
@@ -135,7 +135,7 @@ def covering_plans(a: Analysis, signatures: Sequence[str]) -> list[Plan]:
     from dsa.latency.costs import RooflineCosts
     from dsa.planner.candidates import build_candidates
 
-    cands = build_candidates(a, RooflineCosts(a, rl.load_device("v100")), "activation")
+    cands = build_candidates(a, RooflineCosts(a, DEFAULT_DEVICE), "activation")  # only the DAG's shape is read
     want = set(signatures)
     out_edges = cands.out_edges()
 
@@ -252,7 +252,7 @@ def plan_in_context(
     the profile with in-network times), time that plan's own merged network under the profile's runtime and record
     each of its merged convs' times there (``in_network``), and solve again with them, until the plan stops changing
     (or after ``rounds`` solves). Returns the last result, the profile with the in-context times, and per round
-    the plan's removed activations and predicted speed-up."""
+    the result, its removed activations and predicted speed-up."""
     from dsa.latency.costs import ProfileCosts
 
     prof, history, last, result = profile, [], None, None
@@ -260,7 +260,7 @@ def plan_in_context(
         result = solve(ProfileCosts(a, prof, in_network=True))
         plan = result.plan
         key = (tuple(sorted(plan.removed)), tuple(x.after for x in plan.added), tuple(sorted(plan.boundaries)))
-        history.append({"removed": len(plan.removed), "predicted_speedup": result.speedup})
+        history.append({"result": result, "removed": len(plan.removed), "predicted_speedup": result.speedup})
         if key == last:
             break
         last = key

@@ -53,17 +53,12 @@ def _convs(a: Analysis) -> list[str]:
 
 
 def _candidates_by_convs(a: Analysis) -> dict[tuple[str, ...], Segment]:
-    """Every segment the planner may choose (both granularities), by its convs."""
-    from dsa.latency.costs import RooflineCosts
-    from dsa.planner.candidates import build_candidates
+    """Every merged segment the planner may choose (both granularities), by its convs."""
+    from dsa.planner.candidates import merged_segments
 
-    costs = RooflineCosts(a, rl.load_device("v100"))  # only the segments are read
     out: dict[tuple[str, ...], Segment] = {}
-    for granularity in ("activation", "block"):
-        for edge in build_candidates(a, costs, granularity).edges:
-            seg = getattr(edge, "segment", None)
-            if seg is not None:
-                out.setdefault(tuple(seg.convs), seg)
+    for seg in merged_segments(a):
+        out.setdefault(tuple(seg.convs), seg)
     return out
 
 

@@ -92,6 +92,31 @@ def _quantiles(values: list[float]) -> tuple[float, float]:
     return q[0], q[2]
 
 
+def round_robin(
+    prepared: Mapping[str, Callable[[torch.Tensor], object]],
+    x: torch.Tensor,
+    device: torch.device,
+    warmup: int,
+    repeats: int,
+    iters: int = 1,
+    progress: Callable[[str, int], None] | None = None,
+) -> dict[str, list[float]]:
+    """Images/s samples of each prepared network on ``x``: ``warmup`` untimed calls each, then ``repeats`` rounds of
+    one timed sample per network (``iters`` calls, wall time), round-robin, so that machine noise hits all alike."""
+    runs: dict[str, list[float]] = {name: [] for name in prepared}
+    for m in prepared.values():
+        for _ in range(warmup):
+            m(x)
+        sync(device)
+    for r in range(repeats):
+        for name, m in prepared.items():
+            ms = timed_run(lambda m=m: m(x), device, iters, wall=True)  # throughput: wall time, as before
+            runs[name].append(x.shape[0] * iters / (ms / 1e3))
+            if progress:
+                progress(name, r)
+    return runs
+
+
 def measure(
     models: Mapping[str, nn.Module],
     batch_size: int = 32,
@@ -135,18 +160,8 @@ def measure(
         )
         for name, m in models.items()
     }
-    runs: dict[str, list[float]] = {name: [] for name in prepared}
     with torch.inference_mode():
-        for m in prepared.values():
-            for _ in range(warmup):
-                m(x)
-            sync(dev)
-        for r in range(repeats):
-            for name, m in prepared.items():
-                ms = timed_run(lambda m=m: m(x), dev, iters, wall=True)  # throughput: wall time, as before
-                runs[name].append(batch_size * iters / (ms / 1e3))
-                if progress:
-                    progress(name, r)
+        runs = round_robin(prepared, x, dev, warmup, repeats, iters, progress)
     out = {}
     for name, vals in runs.items():
         q1, q3 = _quantiles(vals)

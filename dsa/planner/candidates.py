@@ -40,7 +40,8 @@ from dataclasses import dataclass, field, replace
 
 from dsa.errors import PlanError
 from dsa.ir import LINEAR_KINDS, Analysis, Kind, Op, ResidualUnit, Segment, cut_run, linear_runs, make_segment
-from dsa.latency.costs import CostModel
+from dsa.latency.costs import CostModel, RooflineCosts
+from dsa.vocab import DEFAULT_DEVICE
 
 SEGMENT, KEEP, CUT, ENTER, ADD = "segment", "keep", "cut", "enter", "add"
 
@@ -355,6 +356,18 @@ def build_candidates(
         _block_structure(cands, b, runs, units)
     _prune(cands)
     return cands
+
+
+def merged_segments(a: Analysis, granularity: str | None = None) -> list[Segment]:
+    """Every merged segment the planner may choose: the merged-segment edges of its DAGs at ``granularity`` (both
+    when None), in DAG order, repeats included. Priced on the default device: only the segments are read."""
+    costs = RooflineCosts(a, DEFAULT_DEVICE)
+    return [
+        e.segment
+        for g in ((granularity,) if granularity else GRANULARITIES)
+        for e in build_candidates(a, costs, g).edges
+        if e.segment is not None and e.segment.merged
+    ]
 
 
 def _block_structure(c: Candidates, b: _Builder, runs: list[list[str]], units: Mapping[str, ResidualUnit]) -> None:
