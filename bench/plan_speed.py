@@ -22,6 +22,11 @@ from dsa.models import create_model, input_size
 from dsa.planner.planner import Planner
 
 MODELS = ("mobilenet_v2_140", "efficientnet_lite0")
+SPACES = {  # issue 17: version 1's segment space, the wider default, and the wider one with pruned variants
+    "units first (v1)": {"units_anywhere": False},
+    "units anywhere": {},
+    "+ --prune-convs": {"prune_convs": True},
+}
 SPEEDUPS = (1.5, 2.0, 2.5)  # a fraction of each model's reachable range is used instead when it is lower
 
 
@@ -45,23 +50,25 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print()
     print(
-        "| model | granularity | candidate edges | MILP variables | build ms | MILP s, for a target (median / max) "
-        "| MILP s, fastest within a cost (median / max) |"
+        "| model | granularity | space | candidate edges | MILP variables | build ms | MILP s, for a target "
+        "(median / max) | MILP s, fastest within a cost (median / max) |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
     for name in MODELS:
         a = analyze(create_model(name), name, input_size(name))
         for g in ("activation", "block"):
-            gc.collect()
-            t0 = time.perf_counter()
-            planner = Planner(a, "v100", 128, "fp32", granularity=g)
-            build_ms = 1e3 * (time.perf_counter() - t0)
-            tt, tb = solve_times(planner, args.repeats)
-            print(
-                f"| {name} | {g} | {planner.problem.n_edges} | {planner.problem.n_edges + len(planner.problem.ties)} "
-                f"| {build_ms:.0f} | {statistics.median(tt):.3f} / {max(tt):.3f} "
-                f"| {statistics.median(tb):.3f} / {max(tb):.3f} |"
-            )
+            for space, options in SPACES.items():
+                gc.collect()
+                t0 = time.perf_counter()
+                planner = Planner(a, "v100", 128, "fp32", granularity=g, **options)
+                build_ms = 1e3 * (time.perf_counter() - t0)
+                tt, tb = solve_times(planner, args.repeats)
+                n_vars = planner.problem.n_edges + len(planner.problem.ties)
+                print(
+                    f"| {name} | {g} | {space} | {planner.problem.n_edges} | {n_vars} | {build_ms:.0f} "
+                    f"| {statistics.median(tt):.3f} / {max(tt):.3f} | {statistics.median(tb):.3f} / {max(tb):.3f} |",
+                    flush=True,
+                )
     print()
     print("Each MILP time covers both solves (least cost, then the fastest plan at that cost).")
     print()

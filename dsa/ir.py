@@ -12,8 +12,9 @@ Segments follow the merge rules of METHOD.md:
 
 - a segment is a chain of linear ops (conv, BN, zero padding, identity, removed activation) whose
   intermediate tensors have exactly one consumer;
-- a residual block whose branch is entirely linear and whose shortcut is the identity is one unit; a unit
-  may only start a segment ("a segment lies inside one residual block or covers whole blocks");
+- a residual block whose branch is entirely linear and whose shortcut is the identity is one unit; a segment
+  covers units whole, anywhere in it (Kim et al.'s rule; ``units_anywhere=False`` is the rule of version-1
+  plans: a unit may only start a segment);
 - after a strided conv at most one more conv follows in a segment (the stride rule);
 - SE gating multiplies, pooling, concatenation, shuffles, norms other than BN, projection shortcuts and
   every op dsa does not know end a segment.
@@ -22,7 +23,7 @@ Segments follow the merge rules of METHOD.md:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from dsa.errors import InternalError
@@ -176,17 +177,25 @@ class Finding:
 
 
 @dataclass(frozen=True)
+class FusedUnit:
+    """A whole residual block inside a segment: its identity shortcut is fused into the merged kernel."""
+
+    add: str  # id of the block's add
+    branch: tuple[str, ...]  # ids of the branch's ops, in order
+    skip: tuple[str, ...]  # identity ops on the shortcut
+    first: bool  # the segment starts with this block (its shortcut reads the segment's unpadded input)
+
+
+@dataclass(frozen=True)
 class Segment:
     """A chain of linear ops that merges into one convolution."""
 
-    members: tuple[str, ...]  # op names, in order (a residual unit lists its branch, then its add)
+    members: tuple[str, ...]  # op names, in order (a residual unit lists its branch, its shortcut, then its add)
     member_ids: tuple[str, ...]
     input_id: str  # id of the op whose output the segment reads
     output_id: str  # id of the segment's last op
     convs: tuple[str, ...]
-    residual: bool  # starts with a whole residual block (identity shortcut fused into the kernel)
-    residual_add: str  # id of that block's add ("" when not residual)
-    skip_ids: tuple[str, ...]  # identity ops on that block's shortcut
+    units: tuple[FusedUnit, ...]  # the whole residual blocks it covers, in order
     in_channels: int
     out_channels: int
     kernel: tuple[int, int]
@@ -202,11 +211,22 @@ class Segment:
         """True when the segment collapses more than one conv."""
         return len(self.convs) > 1
 
+    @property
+    def residual(self) -> bool:
+        """Whether identity shortcuts are fused into the merged kernel (the segment covers residual blocks)."""
+        return bool(self.units)
+
+    @property
+    def skip_ids(self) -> tuple[str, ...]:
+        """Identity ops on the shortcuts of its residual blocks."""
+        return tuple(i for u in self.units for i in u.skip)
+
     def to_json(self) -> dict:
         return {
             "members": list(self.members),
             "convs": list(self.convs),
             "residual": self.residual,
+            "residual_blocks": len(self.units),
             "in_channels": self.in_channels,
             "out_channels": self.out_channels,
             "kernel": list(self.kernel),
@@ -276,10 +296,12 @@ class Analysis:
         added_after: Iterable[str] = (),
         boundaries: Iterable[str] = (),
         max_convs_after_stride: int = 1,
+        units_anywhere: bool = True,
     ) -> list[Segment]:
         """Segments induced by removing ``removed`` activations, adding an activation after each op named in
-        ``added_after`` and cutting after each op named in ``boundaries``."""
-        return _segments(self, set(removed), set(added_after), set(boundaries), max_convs_after_stride)
+        ``added_after`` and cutting after each op named in ``boundaries``; ``units_anywhere=False``: a residual
+        unit only starts a segment (the rule of version-1 plans)."""
+        return _segments(self, set(removed), set(added_after), set(boundaries), max_convs_after_stride, units_anywhere)
 
 
 # ------------------------------------------------------------------------------------------- segments
@@ -395,7 +417,12 @@ def linear_runs(
 
 
 def _segments(
-    a: Analysis, removed: set[str], added_after: set[str], boundaries: set[str], max_convs_after_stride: int
+    a: Analysis,
+    removed: set[str],
+    added_after: set[str],
+    boundaries: set[str],
+    max_convs_after_stride: int,
+    units_anywhere: bool = True,
 ) -> list[Segment]:
     ops = a.ops
     act_ids = {op.name: op.id for op in ops.values() if op.kind == Kind.ACT}
@@ -406,7 +433,7 @@ def _segments(
     runs, units = linear_runs(a, linear, barrier_after)
     segments: list[Segment] = []
     for run in runs:
-        for piece in cut_run(ops, units, run, cut_after, max_convs_after_stride):
+        for piece in cut_run(ops, units, run, cut_after, max_convs_after_stride, units_anywhere):
             segments.append(make_segment(a, units, piece))
     return segments
 
@@ -416,8 +443,16 @@ def _unit_convs(ops: dict[str, Op], unit: ResidualUnit) -> list[Op]:
 
 
 def cut_run(
-    ops: dict[str, Op], units: dict[str, ResidualUnit], run: list[str], cut_after: set[str], max_after_stride: int
+    ops: dict[str, Op],
+    units: dict[str, ResidualUnit],
+    run: list[str],
+    cut_after: set[str],
+    max_after_stride: int,
+    units_anywhere: bool = True,
 ) -> list[list[str]]:
+    """Cut a run of elements into segment pieces: after each element in ``cut_after``, before a conv that would
+    break the stride rule (a residual unit is never split: the cut goes before it), and, unless
+    ``units_anywhere``, before a residual unit that would not start its piece."""
     pieces: list[list[str]] = []
     cur: list[str] = []
     convs_after_stride: int | None = None  # None: no strided conv yet in this piece
@@ -431,12 +466,16 @@ def cut_run(
     for e in run:
         is_unit = e in units
         convs = _unit_convs(ops, units[e]) if is_unit else ([ops[e]] if ops[e].kind == Kind.CONV else [])
-        if is_unit and any(x in units or ops[x].kind == Kind.CONV for x in cur):
-            flush()
-        for c in convs:
+        if is_unit:
+            if any(c.conv.strided for c in convs):
+                raise InternalError(f"residual unit {ops[e].name} has a strided conv")
+            after_units = not units_anywhere and any(x in units or ops[x].kind == Kind.CONV for x in cur)
+            if after_units or (convs_after_stride is not None and convs_after_stride + len(convs) > max_after_stride):
+                flush()
+            if convs_after_stride is not None:
+                convs_after_stride += len(convs)
+        for c in convs if not is_unit else ():
             if convs_after_stride is not None and convs_after_stride + 1 > max_after_stride:
-                if is_unit:
-                    raise InternalError("a residual unit inside a strided segment")  # units always start a piece
                 flush()
             if convs_after_stride is not None:
                 convs_after_stride += 1
@@ -472,11 +511,13 @@ def make_segment(a: Analysis, units: dict[str, ResidualUnit], piece: list[str]) 
     ops = a.ops
     member_ids: list[str] = []
     convs: list[Op] = []
+    fused: list[FusedUnit] = []
     for e in piece:
         if e in units:
             u = units[e]
             member_ids += [*u.branch, *u.skip, u.add]
             convs += _unit_convs(ops, u)
+            fused.append(FusedUnit(u.add, tuple(u.branch), tuple(u.skip), first=e == piece[0]))
         else:
             member_ids.append(e)
             if ops[e].kind == Kind.CONV:
@@ -503,16 +544,92 @@ def make_segment(a: Analysis, units: dict[str, ResidualUnit], piece: list[str]) 
         input_id=input_id,
         output_id=piece[-1],
         convs=tuple(c.name for c in convs),
-        residual=first in units,
-        residual_add=units[first].add if first in units else "",
-        skip_ids=tuple(units[first].skip) if first in units else (),
+        units=tuple(fused),
         in_channels=convs[0].conv.in_channels,
         out_channels=convs[-1].conv.out_channels,
         kernel=(kh, kw),
         stride=(sh, sw),
         depthwise=all(c.conv.depthwise for c in convs),
-        groups=_merged_groups(convs, first in units),
+        groups=_merged_groups(convs, bool(fused)),
         in_shape=tuple(in_shape[1:]),
         out_shape=tuple(out_shape[1:]),
         blocks=tuple(blocks),
     )
+
+
+# ------------------------------------------------------------------------------------------- pruning (LayerMerge)
+
+PRUNE_CONV, PRUNE_BLOCK = "conv", "block"
+
+
+def prunable(a: Analysis) -> dict[str, str]:
+    """What a plan may prune, by op name: ``"conv"`` for a conv whose removal keeps shapes (stride 1, as many
+    channels out as in, an output map the size of its input: a depthwise conv, or a dense one like it), which then
+    becomes an identity with its BN; ``"block"`` for a residual add with an identity shortcut and a single-consumer
+    branch holding a conv, whose whole branch is then dropped (the block becomes the identity)."""
+    out: dict[str, str] = {}
+    for op in a.ops.values():
+        if op.kind != Kind.CONV or op.conv.strided or op.conv.in_channels != op.conv.out_channels or not op.inputs:
+            continue
+        if op.shape is not None and a.ops[op.inputs[0]].shape == op.shape:
+            out[op.name] = PRUNE_CONV
+    users = a.users()
+    branchy = {i for i, op in a.ops.items() if op.kind in LINEAR_KINDS or op.kind == Kind.ACT}
+    for add in residual_units(a.ops, users, branchy):
+        out[a.ops[add].name] = PRUNE_BLOCK
+    return out
+
+
+def _bn_of(a: Analysis, users: dict[str, list[str]], conv_id: str) -> str | None:
+    """The BN that is the only reader of a conv's output, if any."""
+    nxt = users[conv_id]
+    return nxt[0] if len(nxt) == 1 and a.ops[nxt[0]].kind == Kind.BN else None
+
+
+def pruned_ops(a: Analysis, pruned: Iterable[str]) -> tuple[dict[str, str], set[str]]:
+    """(op id -> what it becomes: "identity", for pruned convs, their BNs and pruned blocks' adds; op ids that
+    vanish: the branches of pruned blocks)."""
+    users = a.users()
+    kinds = prunable(a)
+    as_identity: dict[str, str] = {}
+    gone: set[str] = set()
+    branchy = {i for i, op in a.ops.items() if op.kind in LINEAR_KINDS or op.kind == Kind.ACT}
+    units = None
+    for name in pruned:
+        op = a.by_name[name]
+        if kinds.get(name) == PRUNE_CONV:
+            as_identity[op.id] = "identity"
+            bn = _bn_of(a, users, op.id)
+            if bn is not None:
+                as_identity[bn] = "identity"
+        elif kinds.get(name) == PRUNE_BLOCK:
+            units = units if units is not None else residual_units(a.ops, users, branchy)
+            u = units[op.id]
+            as_identity[op.id] = "identity"
+            gone.update(u.branch)
+        else:
+            raise InternalError(f"{name} is not prunable")
+    return as_identity, gone
+
+
+def pruned_view(a: Analysis, pruned: Iterable[str]) -> Analysis:
+    """The analysis of the network with ``pruned`` ops pruned (see :func:`prunable`): pruned convs and their BNs are
+    identities, a pruned block's add is an identity of its shortcut and its branch is gone (with the activation
+    sites in it). ``a`` itself when nothing is pruned."""
+    pruned = list(pruned)
+    if not pruned:
+        return a
+    as_identity, gone = pruned_ops(a, pruned)
+    ops: dict[str, Op] = {}
+    for i, op in a.ops.items():
+        if i in gone:
+            continue
+        if i in as_identity:
+            inputs = op.inputs
+            if op.kind == Kind.ADD:  # the shortcut: the input that is not the (dropped) branch's end
+                inputs = [x for x in op.inputs if x not in gone]
+            op = replace(op, kind=Kind.IDENTITY, conv=None, inputs=list(inputs), note="pruned")
+        ops[i] = op
+    names = {ops[i].name for i in ops}
+    acts = [s for s in a.activations if s.name in names and ops[a.by_name[s.name].id].kind == Kind.ACT]
+    return Analysis(a.model_name, a.input_size, ops, acts, a.findings, a.fingerprint, a.graph_module)

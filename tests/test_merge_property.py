@@ -140,6 +140,8 @@ def test_random_networks_merge_exactly(net, data, size):
     n_segments = len(segments)
     event(f"convs merged into one: max {max((len(s.convs) for s in segments), default=0)}")
     event("a residual block fused" if any(s.residual for s in segments) else "no residual fused")
+    if any(not u.first for s in segments for u in s.units):
+        event("a residual block fused after other elements (shortcut cropped)")
     convs_outside = conv_count(net) - sum(len(s.convs) for s in plan.induced_segments(analysis))
     assert conv_count(merged) == n_segments + convs_outside
 
@@ -192,3 +194,44 @@ def test_a_lone_grouped_conv_stays_grouped():
     assert len(grouped) == 1 and grouped[0].weight.shape == (8, 4, 3, 3)
     merged_all = merge(net, make_plan(a, a.removable), verify_sizes=[16])  # composed with others: dense
     assert all(m.groups == 1 for m in merged_all.modules() if isinstance(m, nn.Conv2d))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(net=networks(), data=st.data(), size=st.integers(12, 21))
+def test_random_networks_with_pruned_convs_merge_exactly(net, data, size):
+    """LayerMerge pruning: random prunable convs (identities with their BNs) and residual blocks (branch dropped),
+    random removals; merge equals the pruned merge-ready network in float64, pruned convs are gone."""
+    from dsa.ir import PRUNE_BLOCK, prunable, pruned_ops
+
+    net = net.double().eval()
+    try:
+        analysis = analyze(net, "random", input_size=size)
+    except AnalysisError as e:
+        assume("Kernel size can't be greater" not in str(e.__cause__))
+        raise
+    kinds = prunable(analysis)
+    assume(kinds)
+    blocks = [n for n in kinds if kinds[n] == PRUNE_BLOCK and data.draw(st.booleans(), label=f"prune block {n}")]
+    _, gone = pruned_ops(analysis, blocks)
+    convs = [
+        n
+        for n in kinds
+        if kinds[n] != PRUNE_BLOCK
+        and analysis.by_name[n].id not in gone
+        and data.draw(st.booleans(), label=f"prune conv {n}")
+    ]
+    assume(blocks or convs)
+    removed = [n for n in analysis.removable if data.draw(st.booleans(), label=f"remove {n}")]
+    plan = make_plan(analysis, removed, pruned=blocks + convs)
+    ready = apply_plan(net, plan, analysis)
+    merged = merge(ready, verify_sizes=[size, size + 5])
+    assert merge_record(merged).max_rel_error <= 1e-9
+    assert verify(ready, merged, [size + 2], dtype=torch.float64) <= 1e-9
+    as_identity, gone = pruned_ops(analysis, blocks + convs)
+    pruned_convs = {i for i in [*as_identity, *gone] if analysis.ops[i].kind == "conv"}
+    view = plan.view(analysis)
+    segments = plan.induced_segments(analysis)
+    assert not pruned_convs & {view.by_name[c].id for s in segments for c in s.convs}
+    convs_left = conv_count(net) - len(pruned_convs)
+    assert conv_count(merged) == len(segments) + convs_left - sum(len(s.convs) for s in segments)
+    event(f"pruned: {len(blocks)} blocks, {len(convs)} convs")

@@ -187,7 +187,7 @@ def test_save_load_round_trip(plan, tmp_path) -> None:
     assert loaded.to_json() == p.to_json()
     assert loaded == p
     doc = json.loads(path.read_text())
-    assert doc["schema_version"] == 1 and doc["kind"] == "dsa.plan"
+    assert doc["schema_version"] == 2 and doc["kind"] == "dsa.plan"
 
 
 def test_save_is_atomic_and_leaves_no_temp_files(plan, tmp_path, monkeypatch) -> None:
@@ -232,7 +232,7 @@ _DELETE = object()
     ("changes", "message"),
     [
         ({"schema_version": _DELETE}, r"field 'schema_version' is missing"),
-        ({"schema_version": 2}, r"field 'schema_version' is 2; this dsa reads version 1"),
+        ({"schema_version": 3}, r"field 'schema_version' is 3; this dsa reads versions 1, 2"),
         ({"model": _DELETE}, r"field 'model' is missing"),
         ({"model": 3}, r"field 'model' must be str, got int"),
         ({"fingerprint": _DELETE}, r"field 'fingerprint' is missing"),

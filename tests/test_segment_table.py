@@ -286,3 +286,43 @@ def test_opspec_checks_its_stride() -> None:
     assert op.stride == (1, 1) and hash(op)
     with pytest.raises(rl.RooflineError, match="stride"):
         rl.conv2d_op("c", 1, 8, 8, 8, 8, 8, 8, kernel=3, stride=(0, 1))
+
+
+MBV2_TABLE = SHARED / "mbv2_1.0_rtx2080ti_tensorrt_b128.csv"
+
+
+@pytest.mark.skipif(not MBV2_TABLE.exists(), reason="public tables not present")
+def test_every_segment_of_the_public_mbv2_table_is_a_candidate() -> None:
+    """Kim et al.'s 171 valid MobileNetV2 segments (residual blocks covered whole, anywhere in a segment) are all
+    among the planner's candidates, shapes included; version 1's rule (a block only first) offers 120 of them."""
+    from dsa.formats.segment_table import load_table
+    from dsa.graph import analyze
+    from dsa.ir import Kind
+    from dsa.models import create_model
+    from dsa.planner.candidates import merged_segments
+
+    table = load_table(MBV2_TABLE)
+    a = analyze(create_model("mobilenet_v2").eval(), "mobilenet_v2", 224)
+    chain = [op.name for op in a.ops.values() if op.kind == Kind.CONV][1:51]
+    pos = {c: k for k, c in enumerate(chain)}
+    multi = {r.span: r for r in table.rows if r.convs > 1}
+    for anywhere, expected in ((True, 121), (False, 70)):
+        offered = {}
+        for seg in merged_segments(a, units_anywhere=anywhere):
+            if all(c in pos for c in seg.convs):
+                offered[(pos[seg.convs[0]], pos[seg.convs[-1]] + 1)] = seg
+        assert len(set(offered) & set(multi)) == expected
+        if anywhere:
+            assert set(multi) <= set(offered)
+            assert (11, 17) in offered and (20, 41) in offered and (41, 50) in offered
+            for span, row in multi.items():
+                seg = offered[span]
+                claimed = (row.c_in, row.c_out, row.kernel, row.stride, row.groups, row.h_out)
+                assert claimed == (
+                    seg.in_channels,
+                    seg.out_channels,
+                    seg.kernel[0],
+                    seg.stride[0],
+                    seg.groups,
+                    seg.out_shape[1],
+                ), span

@@ -72,6 +72,28 @@ def plan_cmd(
     remove: Annotated[
         list[str] | None, typer.Option("--remove", help="Remove this activation (or all of a block); repeatable.")
     ] = None,
+    cut_after: Annotated[
+        list[str] | None,
+        typer.Option("--cut-after", help="Never merge across the output of this op (e.g. a tapped feature map)."),
+    ] = None,
+    units_first: Annotated[
+        bool,
+        typer.Option(
+            "--units-first",
+            help="Plan in version 1's narrower space: a residual block only starts a segment (for comparisons).",
+        ),
+    ] = False,
+    prune_convs: Annotated[
+        bool,
+        typer.Option(
+            "--prune-convs",
+            help="Also prune convs inside segments (LayerMerge): same-shape convs and whole residual branches.",
+        ),
+    ] = False,
+    measured_only: Annotated[
+        bool,
+        typer.Option("--measured-only", help="Offer only the merged convs the profile has measured times for."),
+    ] = False,
     importance: Annotated[
         Path | None,
         typer.Option("--importance", help='Accuracy costs, JSON {"scores": {activation: cost}, "default": 1}.'),
@@ -117,6 +139,10 @@ def plan_cmd(
         "--max-kernel": max_kernel,
         "--keep": keep or None,
         "--remove": remove or None,
+        "--cut-after": cut_after or None,
+        "--units-first": units_first or None,
+        "--measured-only": measured_only or None,
+        "--prune-convs": prune_convs or None,
         "--importance": importance,
         "--profile": profile,
     }
@@ -162,6 +188,10 @@ def plan_cmd(
             granularity=granularity.value if granularity else "activation",
             max_kernel=max_kernel,
             costs=pricing.costs(a),
+            cut_after=cut_after or (),
+            units_anywhere=not units_first,
+            measured_only=measured_only,
+            prune_convs=prune_convs,
         )
         result.plan.save(out_path)
         if fmt == Format.json:
@@ -230,6 +260,8 @@ def _print_plan_result(r, out_path: Path) -> None:
     )
     if r.plan.added:
         out.print(f"added ReLU6 after: {', '.join(x.after for x in r.plan.added)}")
+    if r.plan.pruned:
+        out.print(f"pruned {len(r.plan.pruned)} (convs, or residual adds: whole branches): {', '.join(r.plan.pruned)}")
     out.print(prediction_line(r.prediction()))
     target = ", ".join(f"{k} {v:g}" for k, v in r.target.items() if v is not None)
     s = r.solver

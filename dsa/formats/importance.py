@@ -34,6 +34,7 @@ class Importance:
     metadata: dict = field(default_factory=dict)
     seconds: float = 0.0
     default: float = 1.0  # the cost of an activation without a score (the planner's "default")
+    pruned: dict[str, float] = field(default_factory=dict)  # prunable op name -> cost of pruning it (LayerMerge)
 
     def to_json(self) -> dict:
         return {
@@ -45,6 +46,7 @@ class Importance:
             "scores": self.scores,
             "default": self.default,
             "segments": self.segments,
+            **({"pruned": self.pruned} if self.pruned else {}),
             "metadata": self.metadata,
             "seconds": self.seconds,
         }
@@ -56,8 +58,8 @@ class Importance:
 def read_importance(path: str | Path, error: type[DsaError] = PlanError) -> Importance:
     """The one reader of importance files. A file `dsa importance` wrote (``kind`` ``dsa.importance``) has its kind,
     schema version and method checked; a hand-written ``{"scores": {activation: cost}, "default": cost,
-    "segments": {block: cost}}`` (``default`` and ``segments`` optional) is accepted as it is. Every cost is a
-    finite number >= 0."""
+    "segments": {block: cost}, "pruned": {op: cost}}`` (``default``, ``segments`` and ``pruned`` optional) is
+    accepted as it is. Every cost is a finite number >= 0."""
     d = read_json(path, "importance", error)
     if not isinstance(d, dict) or not isinstance(d.get("scores"), dict):
         raise error(f'importance {path}: expected an object {{"scores": {{activation name: cost}}}}')
@@ -72,12 +74,8 @@ def read_importance(path: str | Path, error: type[DsaError] = PlanError) -> Impo
     for name, v in [*d["scores"].items(), ("default", default)]:
         if not is_cost(v):
             raise error(f"importance {path}: the cost of {name!r} must be a finite number >= 0, got {v!r}")
-    segments = d.get("segments", {})
-    if not isinstance(segments, dict):
-        raise error(f'importance {path}: "segments" must map block names to costs')
-    for name, v in segments.items():
-        if not is_cost(v):
-            raise error(f"importance {path}: the cost of block {name!r} must be a finite number >= 0, got {v!r}")
+    segments = _cost_map(d, "segments", "block names", "block {!r}", path, error)
+    pruned = _cost_map(d, "pruned", "prunable op names", "pruning {!r}", path, error)
     metadata, seconds = d.get("metadata", {}), d.get("seconds", 0.0)
     if not isinstance(metadata, dict):
         raise error(f'importance {path}: "metadata" must be an object, got {type(metadata).__name__}')
@@ -92,7 +90,19 @@ def read_importance(path: str | Path, error: type[DsaError] = PlanError) -> Impo
         dict(metadata),
         float(seconds),
         float(default),
+        {k: float(v) for k, v in pruned.items()},
     )
+
+
+def _cost_map(d: dict, key: str, keys: str, what: str, path, error: type[DsaError]) -> dict:
+    """An optional ``{name: cost}`` field of an importance file, validated."""
+    m = d.get(key, {})
+    if not isinstance(m, dict):
+        raise error(f'importance {path}: "{key}" must map {keys} to costs')
+    for name, v in m.items():
+        if not is_cost(v):
+            raise error(f"importance {path}: the cost of {what.format(name)} must be a finite number >= 0, got {v!r}")
+    return m
 
 
 def load_importance_file(path: str | Path) -> Importance:

@@ -14,9 +14,11 @@ from typing import Any
 
 from dsa.errors import PlanError, PlanFileError
 from dsa.io import atomic_write_json, read_json
-from dsa.ir import Analysis, Kind
+from dsa.ir import PRUNE_BLOCK, Analysis, Kind, prunable, pruned_ops, pruned_view
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no pruning, and a residual unit only starts a segment
+SEGMENT_RULES = ("units-anywhere", "units-first")  # dsa.ir's segment rule: where residual units may sit
 
 
 ADDABLE_ACTIVATIONS = ("ReLU6", "ReLU", "Hardswish", "SiLU")
@@ -64,10 +66,16 @@ class Plan:
     source: dict = field(default_factory=dict)
     metadata: dict = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+    segment_rule: str = "units-anywhere"
+    pruned: tuple[str, ...] = ()  # convs (and their BNs) made identities, or residual adds whose branch is dropped
+
+    @property
+    def units_anywhere(self) -> bool:
+        return self.segment_rule == "units-anywhere"
 
     def to_json(self) -> dict:
         return {
-            "schema_version": self.schema_version,
+            "schema_version": SCHEMA_VERSION,
             "kind": "dsa.plan",
             "model": self.model,
             "fingerprint": self.fingerprint,
@@ -75,6 +83,8 @@ class Plan:
             "removed": list(self.removed),
             "added": [a.to_json() for a in self.added],
             "boundaries": list(self.boundaries),
+            "segment_rule": self.segment_rule,
+            "pruned": list(self.pruned),
             "segments": list(self.segments),
             "source": self.source,
             "metadata": self.metadata,
@@ -116,6 +126,7 @@ class Plan:
         for i, name in enumerate(self.boundaries):
             if name not in analysis.by_name:
                 raise PlanError(f"field 'boundaries[{i}]': {name!r} is not an op of {analysis.model_name}")
+        self._check_pruned(analysis)
         if self.segments:  # recorded by make_plan; a plan without them (written by hand) is not checked here
             induced = [s.to_json() for s in self.induced_segments(analysis) if s.merged]
             if [tuple(s.get("convs", ())) for s in self.segments] != [tuple(s["convs"]) for s in induced] or any(
@@ -127,8 +138,31 @@ class Plan:
                     "'segments' to have them derived"
                 )
 
+    def _check_pruned(self, analysis: Analysis) -> None:
+        if not self.pruned:
+            return
+        kinds = prunable(analysis)
+        for i, name in enumerate(self.pruned):
+            if name not in kinds:
+                why = "not an op of the network" if name not in analysis.by_name else "not prunable"
+                raise PlanError(
+                    f"field 'pruned[{i}]': {name!r} is {why}; a plan prunes a conv that keeps shapes (stride 1, equal "
+                    "channels and map size) or a residual block's add (its whole branch)"
+                )
+        _, gone = pruned_ops(analysis, [n for n in self.pruned if kinds[n] == PRUNE_BLOCK])
+        for i, name in enumerate(self.pruned):
+            if analysis.by_name[name].id in gone:
+                raise PlanError(f"field 'pruned[{i}]': {name!r} lies in a residual branch the plan prunes whole")
+
+    def view(self, analysis: Analysis) -> Analysis:
+        """The analysis of the network this plan prunes (``analysis`` itself when it prunes nothing)."""
+        return pruned_view(analysis, self.pruned)
+
     def induced_segments(self, analysis: Analysis):
-        return analysis.segments(self.removed, [a.after for a in self.added], self.boundaries)
+        analysis = self.view(analysis)
+        return analysis.segments(
+            self.removed, [a.after for a in self.added], self.boundaries, units_anywhere=self.units_anywhere
+        )
 
 
 def _field(d: dict, key: str, types: type | tuple[type, ...], path: str) -> Any:
@@ -163,11 +197,23 @@ def plan_from_json(d: Any, path: str = "<memory>") -> Plan:
     version = d.get("schema_version")
     if version is None:
         raise PlanFileError(f"plan {path}: field 'schema_version' is missing")
-    if isinstance(version, bool) or not isinstance(version, int) or version != SCHEMA_VERSION:
+    if isinstance(version, bool) or not isinstance(version, int) or version not in READABLE_VERSIONS:
         raise PlanFileError(
-            f"plan {path}: field 'schema_version' is {version!r}; this dsa reads version {SCHEMA_VERSION} "
-            "(upgrade dsa or re-create the plan)"
+            f"plan {path}: field 'schema_version' is {version!r}; this dsa reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))} (upgrade dsa or re-create the plan)"
         )
+    if version == 1:  # written before pruning and before residual units could sit anywhere in a segment
+        for key in ("segment_rule", "pruned"):
+            if key in d:
+                raise PlanFileError(f"plan {path}: field {key!r} is not part of schema version 1; make it version 2")
+        rule, pruned = "units-first", ()
+    else:
+        rule = _field(d, "segment_rule", str, path) if "segment_rule" in d else "units-anywhere"
+        if rule not in SEGMENT_RULES:
+            raise PlanFileError(
+                f"plan {path}: field 'segment_rule' is {rule!r}; expected one of {', '.join(SEGMENT_RULES)}"
+            )
+        pruned = _str_list(d, "pruned", path) if "pruned" in d else ()
     if d.get("kind", "dsa.plan") != "dsa.plan":
         raise PlanFileError(f"plan {path}: field 'kind' is {d.get('kind')!r}, expected 'dsa.plan'")
     added_raw = _field(d, "added", list, path)
@@ -192,6 +238,9 @@ def plan_from_json(d: Any, path: str = "<memory>") -> Plan:
         segments=tuple(segments),
         source=d.get("source", {}),
         metadata=d.get("metadata", {}),
+        schema_version=version,
+        segment_rule=rule,
+        pruned=pruned,
     )
 
 
@@ -206,6 +255,9 @@ def make_plan(
     added: Sequence[AddedActivation] = (),
     boundaries: Sequence[str] = (),
     source: dict | None = None,
+    *,
+    pruned: Sequence[str] = (),
+    segment_rule: str = "units-anywhere",
 ) -> Plan:
     """Build and check a plan for an analysed model, recording the segments it induces."""
     order = {a.name: a.index for a in analysis.activations}
@@ -217,6 +269,8 @@ def make_plan(
         added=tuple(added),
         boundaries=tuple(boundaries),
         source=source or {"kind": "manual"},
+        segment_rule=segment_rule,
+        pruned=tuple(dict.fromkeys(pruned)),
     )
     plan.check(analysis)
     segs = plan.induced_segments(analysis)

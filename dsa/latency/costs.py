@@ -166,6 +166,12 @@ class ProfileCosts(RooflineCosts):
     def _entry(self, seg: Segment | None):
         return self.profile.segments.get(signature_of(seg)) if seg is not None and seg.merged else None
 
+    def measures(self, seg: Segment) -> bool:
+        """Whether the profile times this segment's merged conv (a one-conv segment: its conv)."""
+        if seg.merged:
+            return self._entry(seg) is not None
+        return seg.convs[0] in self.profile.ops
+
     def measured(self, item: CostedOp):
         """The profile's :class:`~dsa.formats.profile.Stat` for ``item``, or None."""
         if item.kind == "segment":

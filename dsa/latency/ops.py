@@ -147,10 +147,13 @@ def planned_ops(
     planned: list[CostedOp] = []
     for op in a.ops.values():
         spec = op_spec(a, op, batch, nbytes)
+        if spec is not None:
+            base.append(CostedOp(spec, op.block or op.name, covered.get(op.id), "op", op))
+    view = plan.view(a)  # the pruned network: pruned convs are identities, pruned branches gone
+    for op in view.ops.values():
+        spec = op_spec(view, op, batch, nbytes)
         seg = covered.get(op.id)
         block = op.block or op.name
-        if spec is not None:
-            base.append(CostedOp(spec, block, seg, "op", op))
         if op.id in first_of:
             i = first_of[op.id]
             s = segments[i]

@@ -8,7 +8,7 @@ from ``J_0`` to ``J_m``:
 
 - a **segment edge** ``J_i -> J_j`` is the piece ``u_i .. u_{j-1}`` merged into one conv (every activation at
   ``J_{i+1} .. J_{j-1}`` removed). It exists only when the piece is one valid segment under the merge rules
-  (stride rule, a residual unit only first, ``max_kernel`` on merged kernels); a piece without a conv (a BN
+  (stride rule, residual units whole, ``max_kernel`` on merged kernels); a piece without a conv (a BN
   after a concat) is an edge too, its ops run as they are;
 - a junction with activations is two nodes joined by a **keep** edge (the activations stay: a natural cut)
   and a **cut** edge (they are removed, but the run is cut there: a plan boundary);
@@ -39,7 +39,20 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from dsa.errors import PlanError
-from dsa.ir import LINEAR_KINDS, Analysis, Kind, Op, ResidualUnit, Segment, cut_run, linear_runs, make_segment
+from dsa.ir import (
+    LINEAR_KINDS,
+    PRUNE_BLOCK,
+    PRUNE_CONV,
+    Analysis,
+    Kind,
+    Op,
+    ResidualUnit,
+    Segment,
+    cut_run,
+    linear_runs,
+    make_segment,
+    prunable,
+)
 from dsa.latency.costs import CostModel, RooflineCosts
 from dsa.vocab import DEFAULT_DEVICE
 
@@ -73,6 +86,7 @@ class Edge:
     boundary: str = ""  # CUT edges: op to cut after
     added_after: str = ""  # block granularity: name of the op after which this edge adds a ReLU6
     cut_block: str = ""  # block granularity: the block whose output junction this edge ends at
+    prunes: tuple[str, ...] = ()  # ops this edge prunes (dsa.ir.prunable: convs, or residual adds)
 
 
 @dataclass
@@ -94,6 +108,7 @@ class Candidates:
     block_acts: dict[str, tuple[str, ...]] = field(default_factory=dict)  # block -> its removable activations
     block_fixed: dict[str, tuple[str, float]] = field(default_factory=dict)  # block -> (op, ms) of an added act
     block_locked: dict[str, str] = field(default_factory=dict)  # block -> why it cannot be removed
+    units_anywhere: bool = True  # the segment rule (dsa.ir): residual units anywhere in a segment, or only first
 
     @property
     def n_runs(self) -> int:
@@ -104,6 +119,11 @@ class Candidates:
         for e in self.edges:
             out[e.src].append(e)
         return out
+
+    @staticmethod
+    def path_prunes(chosen: Sequence[Edge]) -> list[str]:
+        """The ops a set of chosen edges prunes (a plan's ``pruned``)."""
+        return list(dict.fromkeys(n for e in chosen for n in e.prunes))
 
     def path_plan_parts(self, chosen: Sequence[Edge]) -> tuple[list[str], list[tuple[str, str]], list[str]]:
         """(removed activations, added activations (after, op), boundaries) of a set of chosen edges that
@@ -176,8 +196,14 @@ class _Builder:
         costs: CostModel,
         granularity: str,
         max_kernel: int | None,
+        units_anywhere: bool = True,
+        prune_cost: Mapping[str, float] | None = None,
     ) -> None:
         self.a = a
+        self.units_anywhere = units_anywhere
+        self.prune_cost = prune_cost
+        self.prunable = prunable(a) if prune_cost is not None else {}
+        self.users = a.users()
         self.ops = a.ops
         self.costs = costs
         self.granularity = granularity
@@ -250,19 +276,22 @@ class _Builder:
                 if made is None:
                     break  # longer pieces are invalid too (stride/unit rules and kernels only grow)
                 seg, time_ms, baseline_ms, op_ids, removes = made
-                for layer in layers:
-                    if not tag:
-                        self.span[len(self.edges)] = (i, j)
-                    self.edge(
-                        node_out[i, layer],
-                        node_in[j, layer],
-                        SEGMENT,
-                        time_ms,
-                        baseline_ms,
-                        removes=removes,
-                        ops=op_ids,
-                        segment=seg,
-                    )
+                variants = [(seg, time_ms, removes, ())] + self.pruned_variants(piece, units, seg, made)
+                for v_seg, v_ms, v_removes, prunes in variants:
+                    for layer in layers:
+                        if not tag:
+                            self.span[len(self.edges)] = (i, j)
+                        self.edge(
+                            node_out[i, layer],
+                            node_in[j, layer],
+                            SEGMENT,
+                            v_ms,
+                            baseline_ms,
+                            removes=v_removes,
+                            ops=op_ids,
+                            segment=v_seg,
+                            prunes=prunes,
+                        )
         if not tag:
             for i in range(m + 1):
                 self.junction_in[self.run, i] = node_in[i, 0]
@@ -270,14 +299,12 @@ class _Builder:
 
     def piece(self, piece: list[str], units: Mapping[str, ResidualUnit]):
         """(segment or None, time, baseline time, op ids, removed activation names), or None if invalid."""
-        pieces = cut_run(self.ops, dict(units), piece, set(), 1)
+        pieces = cut_run(self.ops, dict(units), piece, set(), 1, self.units_anywhere)
         if len(pieces) > 1:
             return None
         seg = None
         if pieces:
             p = pieces[0]
-            if any(x in units for x in p[1:]):
-                return None  # a residual unit only first in a segment
             seg = make_segment(self.a, dict(units), p)
             if self.max_kernel is not None and max(seg.kernel) > self.max_kernel:
                 lone_linear_unit = len(p) == 1 and p[0] in units and not self._unit_acts(units[p[0]])
@@ -295,6 +322,78 @@ class _Builder:
                 time_ms += t
         removes = tuple(self.ops[o].name for o in op_ids if self.ops[o].kind == Kind.ACT)
         return seg, time_ms, baseline_ms, tuple(op_ids), removes
+
+    # --- LayerMerge: pruned variants of a piece
+    def pruned_variants(self, piece: list[str], units: Mapping[str, ResidualUnit], seg: Segment | None, made):
+        """[(segment or None, time, removed activations, pruned op names)] of ``piece`` with some of its convs pruned
+        (:func:`dsa.ir.prunable`): a lone prunable conv or residual block pruned away, or, in a merged piece, for
+        each smaller merged kernel that pruning stride-1 convs reaches, the cheapest set of them (by
+        ``prune_cost``) that reaches it. Off (no variants) without ``prune_cost``."""
+        if self.prune_cost is None or seg is None:
+            return []
+        _, _, _, op_ids, removes = made
+        core = [e for e in piece if self.ops[e].kind != Kind.ACT]
+        out = []
+        if len(core) == 1:
+            e = core[0]
+            name = self.ops[e].name
+            if e in units and self.prunable.get(name) == PRUNE_BLOCK:
+                out.append((None, 0.0, (), (name,)))  # the block is the identity; its activations go with the branch
+            elif self.prunable.get(name) == PRUNE_CONV:
+                return [self._variant(piece, units, op_ids, removes, [e])]
+            elif e not in units:
+                return []
+        # merged kernels shrink by the reach of each pruned stride-1 conv (scaled by the strides before it)
+        items: list[tuple[str, tuple[int, int]]] = []
+        sh = sw = 1
+        for e in core:
+            for c in _convs_of(self.ops, units, e):
+                info = c.conv
+                if self.prunable.get(c.name) == PRUNE_CONV and max(info.kernel) > 1:
+                    items.append(
+                        (
+                            c.id,
+                            (
+                                info.dilation[0] * (info.kernel[0] - 1) * sh,
+                                info.dilation[1] * (info.kernel[1] - 1) * sw,
+                            ),
+                        )
+                    )
+                sh *= info.stride[0]
+                sw *= info.stride[1]
+        best: dict[tuple[int, int], tuple[float, tuple[str, ...]]] = {(0, 0): (0.0, ())}
+        for cid, (dh, dw) in items:
+            cost = self.prune_cost.get(self.ops[cid].name, 1.0)
+            for (rh, rw), (c0, chosen) in list(best.items()):
+                key = (rh + dh, rw + dw)
+                if key not in best or c0 + cost < best[key][0]:
+                    best[key] = (c0 + cost, (*chosen, cid))
+        out += [
+            self._variant(piece, units, op_ids, removes, list(chosen))
+            for key, (_, chosen) in best.items()
+            if key != (0, 0)
+        ]
+        return out
+
+    def _variant(self, piece, units, op_ids, removes, pruned_ids: list[str]):
+        """The piece with convs ``pruned_ids`` (and their BNs) made identities."""
+        ops = dict(self.ops)
+        gone = set()
+        for cid in pruned_ids:
+            gone.add(cid)
+            users = self.users[cid]
+            if len(users) == 1 and ops[users[0]].kind == Kind.BN:
+                gone.add(users[0])
+        for g in gone:
+            ops[g] = replace(ops[g], kind=Kind.IDENTITY, conv=None)
+        pieces = cut_run(ops, dict(units), piece, set(), 1, self.units_anywhere)
+        seg = make_segment(_OpsView(ops), dict(units), pieces[0]) if pieces else None
+        covered = set(seg.member_ids) if seg is not None else set()
+        time_ms = self.costs.segment_ms(seg) if seg is not None else 0.0
+        for o in op_ids:
+            if o not in covered and o not in gone and self.ops[o].kind != Kind.ACT:
+                time_ms += self.costs.op_ms(self.ops[o])
+        return seg, time_ms, removes, tuple(self.ops[c].name for c in pruned_ids)
 
     def _unit_acts(self, unit: ResidualUnit) -> list[str]:
         return [b for b in unit.branch if self.ops[b].kind == Kind.ACT]
@@ -316,6 +415,19 @@ class _Builder:
         return node_in[0, 0], node_out[len(ch.u), 0]
 
 
+@dataclass
+class _OpsView:
+    """What :func:`dsa.ir.make_segment` reads of an analysis: its ops (here with some convs pruned)."""
+
+    ops: dict[str, Op]
+
+
+def _convs_of(ops: Mapping[str, Op], units: Mapping[str, ResidualUnit], elem: str) -> list[Op]:
+    if elem in units:
+        return [ops[b] for b in units[elem].branch if ops[b].kind == Kind.CONV]
+    return [ops[elem]] if ops[elem].kind == Kind.CONV else []
+
+
 def _runs(a: Analysis) -> tuple[list[list[str]], dict[str, ResidualUnit]]:
     """The maximal runs (every removable activation removed) and their residual units (by add id)."""
     removable = {a.by_name[n].id for n in a.removable}
@@ -327,15 +439,19 @@ def build_candidates(
     costs: CostModel,
     granularity: str = "activation",
     max_kernel: int | None = None,
+    units_anywhere: bool = True,
+    prune_cost: Mapping[str, float] | None = None,
 ) -> Candidates:
-    """The DAG of every run of ``analysis`` with edge times from ``costs`` (see the module docstring)."""
+    """The DAG of every run of ``analysis`` with edge times from ``costs`` (see the module docstring);
+    ``units_anywhere=False`` narrows segments to the version-1 rule (a residual unit only first). With
+    ``prune_cost`` (op name -> accuracy cost; missing: 1) segment edges get pruned variants (LayerMerge)."""
     if granularity not in GRANULARITIES:
         raise PlanError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
     if max_kernel is not None and (isinstance(max_kernel, bool) or not isinstance(max_kernel, int) or max_kernel < 1):
         raise PlanError(f"--max-kernel must be a positive integer, got {max_kernel!r}")
     a = analysis
     runs, units = _runs(a)
-    b = _Builder(a, costs, granularity, max_kernel)
+    b = _Builder(a, costs, granularity, max_kernel, units_anywhere, prune_cost)
     starts, ends = [], []
     in_dag: set[str] = set()
     for r, run in enumerate(runs):
@@ -350,7 +466,18 @@ def build_candidates(
     baseline_ms = sum(costs.op_ms(op) for op in a.ops.values())
     source = getattr(costs, "source", type(costs).__name__)
     cands = Candidates(
-        a, granularity, max_kernel, b.nodes, b.edges, starts, ends, fixed_ms, fixed_ops, baseline_ms, source
+        a,
+        granularity,
+        max_kernel,
+        b.nodes,
+        b.edges,
+        starts,
+        ends,
+        fixed_ms,
+        fixed_ops,
+        baseline_ms,
+        source,
+        units_anywhere=units_anywhere,
     )
     if granularity == "block":
         _block_structure(cands, b, runs, units)
@@ -358,14 +485,14 @@ def build_candidates(
     return cands
 
 
-def merged_segments(a: Analysis, granularity: str | None = None) -> list[Segment]:
+def merged_segments(a: Analysis, granularity: str | None = None, units_anywhere: bool = True) -> list[Segment]:
     """Every merged segment the planner may choose: the merged-segment edges of its DAGs at ``granularity`` (both
     when None), in DAG order, repeats included. Priced on the default device: only the segments are read."""
     costs = RooflineCosts(a, DEFAULT_DEVICE)
     return [
         e.segment
         for g in ((granularity,) if granularity else GRANULARITIES)
-        for e in build_candidates(a, costs, g).edges
+        for e in build_candidates(a, costs, g, units_anywhere=units_anywhere).edges
         if e.segment is not None and e.segment.merged
     ]
 

@@ -32,10 +32,10 @@ import roofline as rl
 from dsa.errors import InternalError, PlanError
 from dsa.formats.importance import DEFAULT_ACTIVATION_COST, is_cost, read_importance
 from dsa.formats.plan import AddedActivation, Plan, act_list_of, bn_folded_plan, make_plan, plan_from_act_list
-from dsa.ir import Analysis
+from dsa.ir import PRUNE_CONV, Analysis, Kind, prunable, pruned_ops
 from dsa.latency.costs import CostModel, plan_ms
 from dsa.latency.evaluate import cost_model, prediction_record
-from dsa.planner.candidates import GRANULARITIES, KEEP, Candidates, Edge, build_candidates
+from dsa.planner.candidates import GRANULARITIES, KEEP, SEGMENT, Candidates, Edge, build_candidates
 from dsa.planner.solver import BUDGET_RTOL, SOLVER, PathProblem, Solution, Tie, solve_milp
 from dsa.vocab import DEFAULT_DEVICE
 
@@ -154,6 +154,11 @@ class Planner:
         max_kernel: int | None = None,
         costs: CostModel | None = None,
         profile=None,
+        cut_after: Sequence[str] = (),
+        units_anywhere: bool = True,
+        measured_only: bool = False,
+        prune_convs: bool = False,
+        prune_costs: Mapping[str, float] | None = None,
     ) -> None:
         if granularity not in GRANULARITIES:
             raise PlanError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
@@ -175,7 +180,16 @@ class Planner:
             self._block_costs(block_importance)
             self.accuracy_proxy += " + whole-block scores"
         self.keep, self.remove = self._forced(keep, remove)
-        self.candidates: Candidates = build_candidates(analysis, costs, granularity, max_kernel)
+        self.cut_after = self._cut_ids(cut_after)
+        self.units_anywhere = units_anywhere
+        if measured_only and not hasattr(costs, "measures"):
+            raise PlanError("--measured-only needs a measured profile (--profile, or one found under profiles/<gpu>/)")
+        self.measured_only = measured_only
+        self.prune_convs = prune_convs
+        self.prune_cost = self._prune_costs(prune_costs, default_cost) if prune_convs else {}
+        self.candidates: Candidates = build_candidates(
+            analysis, costs, granularity, max_kernel, units_anywhere, self.prune_cost if prune_convs else None
+        )
         self.problem, self.edge_of = self._problem()
 
     # --- inputs
@@ -264,6 +278,40 @@ class Planner:
                     )
         return keep_set, remove_set
 
+    def _prune_costs(self, given: Mapping[str, float] | None, default: float) -> dict[str, float]:
+        """Accuracy cost of pruning each prunable op: the importance file's ``pruned`` scores where given, else a
+        pruned conv costs what a removed activation does (``default_cost``) and a pruned residual block as much as
+        its convs together."""
+        a = self.analysis
+        kinds = prunable(a)
+        if not self.units_anywhere:
+            raise PlanError("--prune-convs plans in the wider segment space; leave out --units-first")
+        costs: dict[str, float] = {}
+        for name, kind in kinds.items():
+            if kind == PRUNE_CONV:
+                costs[name] = float(default)
+            else:
+                _, branch = pruned_ops(a, [name])
+                costs[name] = float(default) * sum(a.ops[b].kind == Kind.CONV for b in branch)
+        for name, v in (given or {}).items():
+            if name not in kinds:
+                raise PlanError(f"importance: pruned {name!r} is not a prunable op of {a.model_name}")
+            if not is_cost(v):
+                raise PlanError(f"importance: the cost of pruning {name!r} must be a finite number >= 0, got {v!r}")
+            costs[name] = float(v)
+        return costs
+
+    def _cut_ids(self, names: Sequence[str]) -> set[str]:
+        """Op ids after which no segment may go on (``--cut-after``: e.g. a feature map another head reads)."""
+        a = self.analysis
+        for name in names:
+            if name not in a.by_name:
+                raise PlanError(
+                    f"--cut-after {name!r} is not an op of {a.model_name} (op names are qualified module names, as "
+                    "in `dsa analyze`'s segments)"
+                )
+        return {a.by_name[n].id for n in names}
+
     def _problem(self) -> tuple[PathProblem, list[Edge]]:
         c = self.candidates
         fixed_y: dict[str, int] = {}
@@ -279,6 +327,10 @@ class Planner:
         def allowed(e: Edge) -> bool:
             if set(e.removes) & self.keep or set(e.keeps) & self.remove:
                 return False
+            if e.kind == SEGMENT and self.cut_after & set(e.ops[:-1]):
+                return False  # the segment goes on past an op the plan must cut after
+            if self.measured_only and e.segment is not None and e.segment.merged and not self.costs.measures(e.segment):
+                return False  # a merged conv the profile has no time for
             if self.granularity == "block":
                 if any(fixed_y.get(block_of[n]) == 0 for n in e.removes):
                     return False
@@ -314,7 +366,10 @@ class Planner:
             src=tuple(e.src for e in edges),
             dst=tuple(e.dst for e in edges),
             time_ms=tuple(e.time_ms for e in edges),
-            acc=tuple(math.fsum(self.act_cost[n] for n in e.removes) for e in edges),
+            acc=tuple(
+                math.fsum([*(self.act_cost[n] for n in e.removes), *(self.prune_cost[n] for n in e.prunes)])
+                for e in edges
+            ),
             starts=tuple(c.starts),
             ends=tuple(c.ends),
             fixed_ms=c.fixed_ms,
@@ -409,14 +464,24 @@ class Planner:
         )
 
     def _constrained(self) -> bool:
-        return bool(self.keep or self.remove or self.max_kernel is not None)
+        return bool(self.keep or self.remove or self.cut_after or self.measured_only or self.max_kernel is not None)
 
     def _result(self, sol: Solution, target: dict, objective: str) -> PlanResult:
         a = self.analysis
         chosen = [self.edge_of[k] for k in sol.edges]
         removed, added, boundaries = self.candidates.path_plan_parts(chosen)
         source: dict[str, Any] = {"kind": "planner", "granularity": self.granularity}
-        plan = make_plan(a, removed, [AddedActivation(x, t) for x, t in added], boundaries, source=source)
+        rule = "units-anywhere" if self.units_anywhere else "units-first"
+        pruned = self.candidates.path_prunes(chosen)
+        plan = make_plan(
+            a,
+            removed,
+            [AddedActivation(x, t) for x, t in added],
+            boundaries,
+            source=source,
+            segment_rule=rule,
+            pruned=pruned,
+        )
         want = sorted(e.segment.convs for e in chosen if e.segment is not None and e.segment.merged)
         got = sorted(tuple(s["convs"]) for s in plan.segments)
         if want != got:  # a postcondition: the plan must induce exactly the segments that were priced
@@ -577,6 +642,8 @@ def solve_plan(
     if importance_file is not None:
         imp = read_importance(importance_file)
         options |= {"importance": imp.scores, "default_cost": imp.default}
+        if options.get("prune_convs") and imp.pruned:
+            options["prune_costs"] = imp.pruned
         if options.get("granularity") == "block":  # dsa importance's whole-block scores, where the file has them
             options["block_importance"] = imp.segments or None
     planner = Planner(analysis, device, batch, precision, **options)

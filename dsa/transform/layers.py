@@ -66,22 +66,29 @@ def _static(specs: list[list[int]]) -> list[int] | None:
 
 
 class RelocatedPad(nn.Module):
-    """Zero padding of a segment's input (or of a residual shortcut), computed from the input size."""
+    """Zero padding of a segment's input (or of a residual shortcut), computed from the input size; with ``crop``
+    it removes that border instead (the shortcut of a residual block inside a segment, whose input is larger than
+    the block's original input by the padding of its stride-1 branch)."""
 
     specs: list[list[int]]
+    crop: bool
 
-    def __init__(self, specs: list[list[int]]) -> None:
+    def __init__(self, specs: list[list[int]], crop: bool = False) -> None:
         super().__init__()
         self.specs = [list(map(int, s)) for s in specs]
+        self.crop = crop
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pad = relocated_padding(self.specs, x.shape[-2], x.shape[-1])
         if pad == [0, 0, 0, 0]:
             return x
+        if self.crop:  # a slice, not F.pad with negative amounts (exporters differ on those)
+            h, w = x.shape[-2], x.shape[-1]
+            return x[:, :, pad[2] : h - pad[3], pad[0] : w - pad[1]]
         return F.pad(x, pad)
 
     def extra_repr(self) -> str:
-        return f"specs={self.specs}"
+        return f"specs={self.specs}" + (", crop=True" if self.crop else "")
 
 
 class RelocatedPadConv2d(nn.Conv2d):
@@ -149,3 +156,15 @@ class RelocatedPadConv2d(nn.Conv2d):
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", relocated_pad_specs={self.specs}"
+
+
+class PrunedBN(nn.Module):
+    """A pruned conv's BN+activation module (timm's ``BatchNormAct2d``): the BN is gone, its activation stays (it
+    keeps the ``act`` attribute, so a plan can still remove that activation)."""
+
+    def __init__(self, act: nn.Module) -> None:
+        super().__init__()
+        self.act = act
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(x)

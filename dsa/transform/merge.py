@@ -23,8 +23,8 @@ from torch import nn
 from dsa.errors import MergeError, MergeVerificationError
 from dsa.formats.plan import Plan, bn_folded_plan
 from dsa.graph import analyze
-from dsa.ir import Analysis, Kind, Op, Segment
-from dsa.transform.layers import RelocatedPad, RelocatedPadConv2d, conv_spec, pad_spec
+from dsa.ir import Analysis, FusedUnit, Kind, Op, Segment, pruned_ops
+from dsa.transform.layers import CONV_SAME, PrunedBN, RelocatedPad, RelocatedPadConv2d, conv_spec, pad_spec
 
 _ACT_FACTORY = {"ReLU6": nn.ReLU6, "ReLU": nn.ReLU, "Hardswish": nn.Hardswish, "SiLU": nn.SiLU}
 
@@ -158,38 +158,62 @@ def _padding_top_left(op: Op) -> tuple[int, int]:
     return info.padding[0], info.padding[2]
 
 
+def _identity_affine(channels: int, dtype: torch.dtype) -> Affine:
+    """The identity map as a 1x1 depthwise conv (what a BN folds into when no conv precedes it)."""
+    return Affine(torch.ones(channels, 1, 1, 1, dtype=dtype), torch.zeros(channels, dtype=dtype), (1, 1), True)
+
+
 def segment_conv(
     ready: fx.GraphModule, analysis: Analysis, seg: Segment, dtype: torch.dtype = torch.float64
 ) -> tuple[Affine, list[list[int]]]:
-    """The affine map of one segment of a merge-ready network, and its relocated padding specs."""
+    """The affine map of one segment of a merge-ready network, and its relocated padding specs.
+
+    Ops outside residual blocks compose into the running map. A residual block's branch composes into a map of
+    its own; its identity shortcut adds 1 at the tap of the branch's own padding (stride 1), and the block's map
+    ``y + f(y)`` then composes into the running map like any conv."""
     ops = analysis.ops
-    affine: Affine | None = None
-    tap = [0, 0]
+    unit_of = {b: u for u in seg.units for b in u.branch}
+    adds = {u.add for u in seg.units}
     skip = set(seg.skip_ids)
-    in_branch = seg.residual
+    affine: Affine | None = None  # the running map, segment input -> here
+    branch: Affine | None = None  # the map of the residual branch being read, block input -> here
+    tap = [0, 0]
     for mid in seg.member_ids:
         op = ops[mid]
         if mid in skip:
             continue
+        if mid in adds:
+            if branch is None:
+                raise MergeError(f"segment starting at {seg.members[0]}: residual block {op.name} has no conv")
+            block = add_identity(branch, (tap[0], tap[1]))
+            affine = block if affine is None else compose(affine, block)
+            branch, tap = None, [0, 0]
+            continue
+        in_branch = mid in unit_of
+        cur = branch if in_branch else affine
         if op.kind == Kind.CONV:
             conv = _module(ready, op)
             a = conv_affine(conv, dtype, keep_groups=seg.groups > 1 and not seg.depthwise)
-            affine = a if affine is None else compose(affine, a)
+            cur = a if cur is None else compose(cur, a)
             if in_branch:
                 t, left = _padding_top_left(op)
                 tap[0] += t
                 tap[1] += left
         elif op.kind == Kind.BN:
-            if affine is None:
-                raise MergeError(f"segment starting at {seg.members[0]}: BN {op.name} before any conv")
-            affine = fold_bn(affine, _module(ready, op))
+            bn = _module(ready, op)
+            if cur is None:
+                if not in_branch:
+                    raise MergeError(f"segment starting at {seg.members[0]}: BN {op.name} before any conv")
+                cur = _identity_affine(bn.num_features, dtype)
+            cur = fold_bn(cur, bn)
         elif op.kind == Kind.PAD and in_branch:
             t, left = _padding_top_left(op)
             tap[0] += t
             tap[1] += left
-        elif op.kind == Kind.ADD and mid == seg.residual_add:
-            affine = add_identity(affine, (tap[0], tap[1]))
-            in_branch = False
+        if in_branch:
+            branch = cur
+        else:
+            affine = cur
     if affine is None:
         raise MergeError(f"segment starting at {seg.members[0]} has no conv")
     first = ops[seg.member_ids[0]]
@@ -279,9 +303,13 @@ def apply_plan(model: nn.Module, plan: Plan, analysis: Analysis | None = None) -
     gm = copy.deepcopy(analysis.graph_module)
     gm.eval()
     segments = plan.induced_segments(analysis)
+    view = plan.view(analysis)
+    _prune(gm, analysis, plan.pruned)
 
     for name in plan.removed:
         op = analysis.by_name[name]
+        if op.id not in view.ops:
+            continue  # inside a pruned residual branch: gone with it
         node = _node(gm, op.node)
         if op.id.endswith("/act"):
             _set_module(gm, f"{node.target}.act", nn.Identity())
@@ -300,13 +328,38 @@ def apply_plan(model: nn.Module, plan: Plan, analysis: Analysis | None = None) -
         node.replace_all_uses_with(new, delete_user_cb=lambda user, new=new: user is not new)
 
     for seg in segments:
-        _relocate_padding(gm, analysis, seg)
+        _relocate_padding(gm, view, seg)
 
+    if plan.pruned:
+        gm.graph.eliminate_dead_code()
+        gm.delete_all_unused_submodules()
     gm.graph.lint()
     gm.recompile()
     gm.meta.pop(_MERGED_KEY, None)
-    gm.meta[_READY_KEY] = MergeReady(plan, analysis, tuple(segments))
+    gm.meta[_READY_KEY] = MergeReady(plan, view, tuple(segments))
     return gm
+
+
+def _prune(gm: fx.GraphModule, analysis: Analysis, pruned: Sequence[str]) -> None:
+    """Pruned convs become nn.Identity, their BNs too (a BN+activation module keeps its activation: PrunedBN); a
+    pruned block's add becomes an nn.Identity of its shortcut, leaving its branch dead."""
+    as_identity, gone = pruned_ops(analysis, pruned)
+    for op_id in as_identity:
+        op = analysis.ops[op_id]
+        node = _node(gm, op.node)
+        if op.kind == Kind.ADD:
+            shortcut = next(analysis.ops[i].node for i in op.inputs if i not in gone)
+            keep = next(a for a in node.args if isinstance(a, fx.Node) and a.name == shortcut)
+            target = _fresh_name(gm, op.name)
+            _set_module(gm, target, nn.Identity())
+            node.op, node.target, node.args, node.kwargs = "call_module", target, (keep,), {}
+        elif op.kind == Kind.BN and node.op == "call_module":
+            act = getattr(gm.get_submodule(node.target), "act", None)
+            _set_module(gm, node.target, PrunedBN(act) if act is not None else nn.Identity())
+        elif node.op == "call_module":
+            _set_module(gm, node.target, nn.Identity())
+        else:
+            _identity_node(gm, node, _fresh_name(gm, op.name))
 
 
 def _relocate_padding(gm: fx.GraphModule, analysis: Analysis, seg: Segment) -> None:
@@ -330,20 +383,47 @@ def _relocate_padding(gm: fx.GraphModule, analysis: Analysis, seg: Segment) -> N
             _set_module(gm, node.target, nn.Identity())
         else:
             _identity_node(gm, node, _fresh_name(gm, op.name))
-    if seg.residual:
-        # the segment goes on after the residual block: pad its shortcut by what the later ops need
-        add_pos = seg.member_ids.index(seg.residual_add)
-        later = [ops[i] for i in seg.member_ids[add_pos + 1 :] if ops[i].kind in (Kind.CONV, Kind.PAD)]
-        if later:
-            later_specs = [conv_spec(o.conv) if o.kind == Kind.CONV else pad_spec(o.pad) for o in later]
-            add_node = _node(gm, ops[seg.residual_add].node)
-            skip_src = ops[seg.skip_ids[-1]].node if seg.skip_ids else ops[seg.input_id].node
-            src = _node(gm, skip_src)
-            target = _fresh_name(gm, f"{ops[seg.residual_add].block}.shortcut_pad")
-            _set_module(gm, target, RelocatedPad(later_specs))
-            with gm.graph.inserting_before(add_node):
-                pad_node = gm.graph.call_module(target, (src,))
-            add_node.replace_input_with(src, pad_node)
+    for unit in seg.units:
+        _align_shortcut(gm, analysis, seg, unit)
+
+
+def _specs_of(ops: Sequence[Op]) -> list[list[int]]:
+    return [
+        conv_spec(o.conv) if o.kind == Kind.CONV else pad_spec(o.pad) for o in ops if o.kind in (Kind.CONV, Kind.PAD)
+    ]
+
+
+def _align_shortcut(gm: fx.GraphModule, analysis: Analysis, seg: Segment, unit: FusedUnit) -> None:
+    """Make a residual block's shortcut match its branch after padding relocation (docs/design.md).
+
+    With the segment's padding moved onto its first conv, every map inside the segment is larger than the
+    original by the padding of the ops after it. The branch (now unpadded, stride 1) shrinks its input by its own
+    padding. A block that starts the segment reads the unpadded input: its shortcut is padded by what the ops
+    after the block need. A later block reads a map already larger by its branch's padding and the later ops':
+    its shortcut is cropped by its branch's own padding. Either way branch and shortcut stay aligned."""
+    ops = analysis.ops
+    if unit.first:
+        add_pos = seg.member_ids.index(unit.add)
+        specs, crop = _specs_of([ops[i] for i in seg.member_ids[add_pos + 1 :] if i not in seg.skip_ids]), False
+        what = "shortcut_pad"
+    else:
+        specs, crop = _specs_of([ops[i] for i in unit.branch]), True
+        what = "shortcut_crop"
+    if all(sp[0] != CONV_SAME and not any(sp[7:]) for sp in specs):  # no padding at any size
+        return
+    add_node = _node(gm, ops[unit.add].node)
+    src_op = ops[unit.skip[-1]] if unit.skip else ops[_unit_input(analysis, unit)]
+    src = _node(gm, src_op.node)
+    target = _fresh_name(gm, f"{ops[unit.add].block}.{what}")
+    _set_module(gm, target, RelocatedPad(specs, crop=crop))
+    with gm.graph.inserting_before(add_node):
+        pad_node = gm.graph.call_module(target, (src,))
+    add_node.replace_input_with(src, pad_node)
+
+
+def _unit_input(analysis: Analysis, unit: FusedUnit) -> str:
+    """Id of the op whose output a residual block (and its shortcut) reads."""
+    return analysis.ops[unit.branch[0]].inputs[0]
 
 
 def max_rel_error(
@@ -405,7 +485,7 @@ def segment_errors(
             y = merged.get_submodule(target)(cap.values[src])
             ref = cap.values[out]
             out_op = analysis.ops[seg.output_id]
-            if out_op.kind == Kind.BN:
+            if out_op.kind in (Kind.BN, Kind.IDENTITY):
                 act = getattr(ready.get_submodule(_node(ready, out_op.node).target), "act", None)
                 if act is not None:
                     y = act(y)
@@ -513,7 +593,7 @@ def _merge_graph(ready: fx.GraphModule, analysis: Analysis, segments: Sequence[S
         with graph.inserting_before(out):
             new = graph.call_module(target, (src,))
         result = new
-        if out_op.kind == Kind.BN and out.op == "call_module":
+        if out_op.kind in (Kind.BN, Kind.IDENTITY) and out.op == "call_module":
             act = getattr(merged.get_submodule(out.target), "act", None)
             if act is not None and not isinstance(act, nn.Identity):  # a kept activation inside BN+act
                 act_target = _fresh_name(merged, f"{out.target}_act")
