@@ -8,7 +8,8 @@ Methods (all deterministic for a fixed seed and calibration batch):
 - ``linearity``: how much of an activation's input lies where it acts as the identity (ReLU: x >= 0;
   ReLU6 / Hardtanh: 0 <= x <= 6 / -1 <= x <= 1; smooth ones: 1 - E|f(x) - x| / E|x|). Cost = 1 - linearity.
 - ``removal-kl``: KL divergence of the network's output distribution when the activation (or a whole block,
-  DepthShrinker style) is removed in the merge-ready form (padding relocation included), vs the original.
+  DepthShrinker style) is removed in the merge-ready form (padding relocation included), vs the original; with
+  ``pruned=True`` also when each prunable conv or residual branch is pruned (LayerMerge; ``pruned`` scores).
 - ``gates``: DepthShrinker's stage 1 — a learnable keep score per activation, hard top-k mask in the forward
   pass with straight-through gradients, trained to match the original network's outputs (KD) plus a
   latency-aware term that rewards removing where the predicted saving is large. Cost = final keep probability.
@@ -36,7 +37,7 @@ from torch import nn
 
 from dsa.errors import DsaError
 from dsa.formats.importance import METHODS, Importance
-from dsa.formats.plan import Plan
+from dsa.formats.plan import Plan, make_plan
 from dsa.ir import Analysis, Op
 from dsa.train.losses import kd_loss
 
@@ -52,8 +53,6 @@ def _site_ops(a: Analysis) -> list[Op]:
 
 def activation_candidates(a: Analysis, names: Sequence[str] | None = None) -> dict[str, Plan]:
     """One single-activation removal plan per removable activation (or per name in ``names``)."""
-    from dsa.formats.plan import make_plan
-
     names = a.removable if names is None else list(names)
     unknown = [n for n in names if n not in a.removable]
     if unknown:
@@ -182,13 +181,18 @@ def removal_kl(
     blocks: bool | Sequence[str] = True,
     names: Sequence[str] | None = None,
     progress: Progress | None = None,
+    pruned: bool = False,
 ) -> Importance:
     """KL of the output when each removable activation (or each of ``names``), and each block DepthShrinker
-    style (or each of ``blocks``), is removed in the merge-ready network, against the original network."""
+    style (or each of ``blocks``), is removed in the merge-ready network, against the original network; with
+    ``pruned``, also when each prunable op (:func:`dsa.ir.prunable`: a conv, or a residual block's branch) is
+    pruned (the file's ``pruned`` scores, what ``dsa plan --prune-convs`` charges)."""
+    from dsa.ir import prunable
     from dsa.transform.merge import apply_plan
 
     t0 = time.perf_counter()
     acts, blks = activation_candidates(a, names), block_candidates(a, blocks)
+    prunes = {n: make_plan(a, pruned=[n]) for n in prunable(a)} if pruned else {}
     model = model.eval()
     with torch.no_grad():
         ref = [model(x) for x in batches]
@@ -198,12 +202,22 @@ def removal_kl(
         with torch.no_grad():
             return sum(_kl(r, ready(x)) for r, x in zip(ref, batches, strict=True)) / len(batches)
 
-    scores, segs = {}, {}
-    for i, (name, plan) in enumerate([*acts.items(), *blks.items()]):
-        (scores if name in acts else segs)[name] = max(0.0, kl_of(plan))
+    scores, segs, pruned_scores = {}, {}, {}
+    todo = [(scores, n, p) for n, p in acts.items()] + [(segs, n, p) for n, p in blks.items()]
+    todo += [(pruned_scores, n, p) for n, p in prunes.items()]
+    for i, (into, name, plan) in enumerate(todo):
+        into[name] = max(0.0, kl_of(plan))
         if progress:
-            progress(name, i + 1, len(acts) + len(blks))
-    return Importance("removal-kl", a.model_name, a.fingerprint, scores, segs, seconds=time.perf_counter() - t0)
+            progress(name, i + 1, len(todo))
+    return Importance(
+        "removal-kl",
+        a.model_name,
+        a.fingerprint,
+        scores,
+        segs,
+        seconds=time.perf_counter() - t0,
+        pruned=pruned_scores,
+    )
 
 
 class _Gate(nn.Module):

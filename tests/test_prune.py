@@ -208,3 +208,30 @@ def test_cli_plan_prune_convs(tmp_path) -> None:
         )
     )
     assert narrow["segment_rule"] == "units-first" and not narrow["pruned"]
+
+
+def test_removal_kl_scores_pruning_and_the_planner_charges_it(tiny, tmp_path) -> None:
+    from dsa.importance import removal_kl
+    from dsa.planner.planner import solve_plan
+
+    torch.manual_seed(0)
+    net = tm.tiny_mbv2().eval()
+    imp = removal_kl(net, tiny, [torch.randn(4, 3, SIZE, SIZE)], blocks=False, pruned=True)
+    assert set(imp.pruned) == set(prunable(tiny)) and all(v >= 0 for v in imp.pruned.values())
+    assert any(v > 0 for v in imp.pruned.values())
+    path = tmp_path / "imp.json"
+    imp.save(path)
+    planner_costs = Planner(tiny, "v100", 32, prune_convs=True, prune_costs=imp.pruned).prune_cost
+    assert planner_costs == pytest.approx(imp.pruned)
+    r = solve_plan(tiny, "v100", 32, max_accuracy_cost=1e9, importance_file=path, prune_convs=True)
+    expected = sum(imp.scores.get(n, imp.default) for n in r.plan.removed) + sum(imp.pruned[n] for n in r.plan.pruned)
+    assert r.accuracy_cost == pytest.approx(expected - _gone_scores(tiny, r, imp))
+
+
+def _gone_scores(a, r, imp) -> float:
+    gone = (
+        set().union(*[_branch(a, n) for n in r.plan.pruned if prunable(a)[n] == PRUNE_BLOCK])
+        if r.plan.pruned
+        else set()
+    )
+    return sum(imp.scores.get(n, imp.default) for n in r.plan.removed if a.by_name[n].id in gone)

@@ -356,6 +356,12 @@ def importance_cmd(
     blocks: Annotated[
         bool, typer.Option("--blocks/--no-blocks", help="Also score each block merged DepthShrinker style.")
     ] = True,
+    prune_convs: Annotated[
+        bool,
+        typer.Option(
+            "--prune-convs", help="removal-kl: also score pruning each prunable conv and residual branch (LayerMerge)."
+        ),
+    ] = False,
     keep_fraction: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="gates: share of activations the top-k mask keeps (0.5).")
     ] = None,
@@ -402,6 +408,7 @@ def importance_cmd(
     if method != "finetune" and time_budget is not None:
         raise DsaError("--time-budget only applies with --method finetune")
     only_with(method in ("gates", "finetune"), "--method gates or finetune", **{"--steps": steps})
+    only_with(method == "removal-kl", "--method removal-kl", **{"--prune-convs": prune_convs or None})
     only_with(
         method == "gates", "--method gates", **{"--keep-fraction": keep_fraction, "--latency-weight": latency_weight}
     )
@@ -424,6 +431,8 @@ def importance_cmd(
         size = image_size or default_size(model)
     a = analyze(net, name, size, strict_size=True)
     kw: dict = {"blocks": blocks}
+    if prune_convs:
+        kw["pruned"] = True
     if method in ("gates", "finetune"):
         kw["steps"] = steps
     if method == "finetune" and time_budget is not None:

@@ -216,7 +216,8 @@ def segment_conv(
             affine = cur
     if affine is None:
         raise MergeError(f"segment starting at {seg.members[0]} has no conv")
-    first = ops[seg.member_ids[0]]
+    # the relocated padding sits on the first conv or pad (a segment may start with a pruned conv: an identity)
+    first = next(ops[i] for i in seg.member_ids if ops[i].kind in (Kind.CONV, Kind.PAD) and i not in skip)
     mod = _module(ready, first)
     specs = [list(s) for s in getattr(mod, "specs", [])]
     return affine, specs
