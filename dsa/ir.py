@@ -573,15 +573,20 @@ def prunable(a: Analysis) -> dict[str, str]:
             continue
         if op.shape is not None and a.ops[op.inputs[0]].shape == op.shape:
             out[op.name] = PRUNE_CONV
-    users = a.users()
-    branchy = {i for i, op in a.ops.items() if op.kind in LINEAR_KINDS or op.kind == Kind.ACT}
-    for add in residual_units(a.ops, users, branchy):
+    for add in prunable_blocks(a):
         out[a.ops[add].name] = PRUNE_BLOCK
     return out
 
 
-def _bn_of(a: Analysis, users: dict[str, list[str]], conv_id: str) -> str | None:
-    """The BN that is the only reader of a conv's output, if any."""
+def prunable_blocks(a: Analysis, users: dict[str, list[str]] | None = None) -> dict[str, ResidualUnit]:
+    """The residual blocks whose whole branch a plan may prune, by add id: identity shortcut, single-consumer
+    branch of linear ops and activations holding a conv."""
+    branchy = {i for i, op in a.ops.items() if op.kind in LINEAR_KINDS or op.kind == Kind.ACT}
+    return residual_units(a.ops, users if users is not None else a.users(), branchy)
+
+
+def bn_of(a: Analysis, users: dict[str, list[str]], conv_id: str) -> str | None:
+    """The BN that is the only reader of a conv's output, if any (it becomes an identity with a pruned conv)."""
     nxt = users[conv_id]
     return nxt[0] if len(nxt) == 1 and a.ops[nxt[0]].kind == Kind.BN else None
 
@@ -593,20 +598,18 @@ def pruned_ops(a: Analysis, pruned: Iterable[str]) -> tuple[dict[str, str], set[
     kinds = prunable(a)
     as_identity: dict[str, str] = {}
     gone: set[str] = set()
-    branchy = {i for i, op in a.ops.items() if op.kind in LINEAR_KINDS or op.kind == Kind.ACT}
     units = None
     for name in pruned:
         op = a.by_name[name]
         if kinds.get(name) == PRUNE_CONV:
             as_identity[op.id] = "identity"
-            bn = _bn_of(a, users, op.id)
+            bn = bn_of(a, users, op.id)
             if bn is not None:
                 as_identity[bn] = "identity"
         elif kinds.get(name) == PRUNE_BLOCK:
-            units = units if units is not None else residual_units(a.ops, users, branchy)
-            u = units[op.id]
+            units = units if units is not None else prunable_blocks(a, users)
             as_identity[op.id] = "identity"
-            gone.update(u.branch)
+            gone.update(units[op.id].branch)
         else:
             raise InternalError(f"{name} is not prunable")
     return as_identity, gone

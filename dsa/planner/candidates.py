@@ -48,6 +48,7 @@ from dsa.ir import (
     Op,
     ResidualUnit,
     Segment,
+    bn_of,
     cut_run,
     linear_runs,
     make_segment,
@@ -203,7 +204,7 @@ class _Builder:
         self.units_anywhere = units_anywhere
         self.prune_cost = prune_cost
         self.prunable = prunable(a) if prune_cost is not None else {}
-        self.users = a.users()
+        self.users = a.users() if prune_cost is not None else {}  # only pruned variants read it
         self.ops = a.ops
         self.costs = costs
         self.granularity = granularity
@@ -381,9 +382,9 @@ class _Builder:
         gone = set()
         for cid in pruned_ids:
             gone.add(cid)
-            users = self.users[cid]
-            if len(users) == 1 and ops[users[0]].kind == Kind.BN:
-                gone.add(users[0])
+            bn = bn_of(self.a, self.users, cid)
+            if bn is not None:
+                gone.add(bn)
         for g in gone:
             ops[g] = replace(ops[g], kind=Kind.IDENTITY, conv=None)
         pieces = cut_run(ops, dict(units), piece, set(), 1, self.units_anywhere)

@@ -32,7 +32,7 @@ import roofline as rl
 from dsa.errors import InternalError, PlanError
 from dsa.formats.importance import DEFAULT_ACTIVATION_COST, is_cost, read_importance
 from dsa.formats.plan import AddedActivation, Plan, act_list_of, bn_folded_plan, make_plan, plan_from_act_list
-from dsa.ir import PRUNE_CONV, Analysis, Kind, prunable, pruned_ops
+from dsa.ir import PRUNE_CONV, Analysis, Kind, prunable, prunable_blocks
 from dsa.latency.costs import CostModel, plan_ms
 from dsa.latency.evaluate import cost_model, prediction_record
 from dsa.planner.candidates import GRANULARITIES, KEEP, SEGMENT, Candidates, Edge, build_candidates
@@ -286,12 +286,13 @@ class Planner:
         kinds = prunable(a)
         if not self.units_anywhere:
             raise PlanError("--prune-convs plans in the wider segment space; leave out --units-first")
+        blocks = prunable_blocks(a)
         costs: dict[str, float] = {}
         for name, kind in kinds.items():
             if kind == PRUNE_CONV:
                 costs[name] = float(default)
             else:
-                _, branch = pruned_ops(a, [name])
+                branch = blocks[a.by_name[name].id].branch
                 costs[name] = float(default) * sum(a.ops[b].kind == Kind.CONV for b in branch)
         for name, v in (given or {}).items():
             if name not in kinds:
