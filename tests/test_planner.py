@@ -22,7 +22,7 @@ from dsa.latency.costs import plan_ms
 from dsa.latency.evaluate import evaluate
 from dsa.planner.dp import dp_frontier, solve_dp
 from dsa.planner.planner import Planner, fastest_plan, plan_for_target
-from dsa.planner.solver import PathProblem, quiet_fd1, solve_milp
+from dsa.planner.solver import PathProblem, dominated_edges, quiet_fd1, solve_milp
 from tests import tiny_models as tm
 from tests.cli_helpers import dsa, ok, user_error
 
@@ -101,6 +101,31 @@ def test_milp_and_dp_agree_on_random_instances(inst) -> None:
         assert sol.time_ms <= kw["budget_ms"]
     else:
         assert sol.accuracy_cost <= kw["max_acc"]
+
+
+@settings(max_examples=150, deadline=None)
+@given(instances())
+def test_the_presolve_keeps_the_optimum(inst) -> None:
+    p, kw = inst
+    full = solve_milp(p, presolve=False, **kw)
+    reduced = solve_milp(p, **kw)
+    assert reduced.status == full.status
+    if full.found:
+        assert reduced.accuracy_cost == pytest.approx(full.accuracy_cost, abs=1e-9)
+        assert reduced.time_ms == pytest.approx(full.time_ms, abs=1e-9)
+        assert _check_paths(p, reduced.edges) == pytest.approx(reduced.time_ms)  # indices into p, not the reduced
+        assert reduced.variables == p.n_edges - len(dominated_edges(p)) <= full.variables
+
+
+def test_dominated_edges_of_a_hand_made_instance() -> None:
+    # 0 -> 1 -> 2 costs (2+2 ms, 1+0); the direct edges 0 -> 2: (5 ms, 1) is dominated by the path, (3 ms, 1) is not,
+    # (3 ms, 1) again is a tie (the lower index stays), (3 ms, 2) is dominated by its parallel edge
+    p = PathProblem(
+        3, (0, 1, 0, 0, 0, 0), (1, 2, 2, 2, 2, 2), (2.0, 2.0, 5.0, 3.0, 3.0, 3.0), (1, 0, 1, 1, 1, 2), (0,), (2,)
+    )
+    assert dominated_edges(p) == {2, 4, 5}
+    sol = solve_milp(p, budget_ms=3.5)
+    assert sol.edges == (3,) and sol.variables == 3
 
 
 def test_dp_frontier_of_a_hand_made_instance() -> None:
@@ -406,6 +431,19 @@ def test_mobilenet_v2_140_milp_agrees_with_dp(planners, granularity) -> None:
         r = planner.fastest(max_acc)
         best = min(t for acc, t in front if acc <= max_acc)
         assert r.planned_ms == pytest.approx(best, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_mobilenet_v2_140_pruning_milp_agrees_with_dp(mbv2) -> None:
+    planner = Planner(mbv2, "v100", 128, "fp32", prune_convs=True)
+    assert len(dominated_edges(planner.problem)) > planner.problem.n_edges / 2  # the presolve's work
+    for speedup in (1.3, 2.0, 3.0, 6.0):
+        r = planner.for_target(target_speedup=speedup)
+        acc, t = solve_dp(planner.problem, budget_ms=planner.baseline_ms / speedup * (1 + 1e-9))
+        assert r.accuracy_cost == acc and r.planned_ms == pytest.approx(t, rel=1e-9)
+    front = dp_frontier(planner.problem)
+    for max_acc in (0, 5, 20):
+        assert planner.fastest(max_acc).planned_ms == pytest.approx(min(t for a, t in front if a <= max_acc), rel=1e-9)
 
 
 @pytest.mark.slow

@@ -522,7 +522,7 @@ class Planner:
             "mip_gap": sol.mip_gap,
             "solve_s": sol.solve_s,
             "solves": sol.solves,
-            "variables": self.problem.n_edges + len(self.problem.ties),
+            "variables": sol.variables,  # after the presolve (dominated edges dropped)
             "edges": self.problem.n_edges,
             "nodes": self.problem.n_nodes,
         }

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -68,6 +68,7 @@ class Solution:
     mip_gap: float | None
     solve_s: float
     solves: int
+    variables: int = 0  # binaries of the integer program after the presolve
 
     @property
     def found(self) -> bool:
@@ -98,6 +99,75 @@ def quiet_fd1() -> Iterator[None]:
         os.dup2(saved, 1)
         os.close(saved)
         os.close(devnull)
+
+
+def dominated_edges(p: PathProblem) -> frozenset[int]:
+    """Edges that no optimal plan needs, for every objective and budget :func:`solve_milp` takes: an edge is
+    dominated when a parallel edge, or a path of two edges between the same nodes, is at most as slow and at most as
+    costly (equal ones: the lower index stays). Both objectives and both budgets are sums of time or cost, minimised
+    or bounded above, so swapping a dominated edge for what dominates it never makes a plan worse or infeasible.
+    Every removed edge is dominated by a path of kept ones (by induction on how far the edge jumps in topological
+    order: what dominates it jumps less). Edges of block ties are left alone: their choice is coupled to others."""
+    tied: set[int] = set()
+    for tie in p.ties:
+        for group in tie.keep_groups:
+            tied.update(group)
+        tied.update(tie.remove_edges, tie.added_edges, tie.plain_edges)
+    free = [e for e in range(p.n_edges) if e not in tied]
+    dead: set[int] = set()
+    by_pair: dict[tuple[int, int], list[int]] = {}
+    for e in free:
+        by_pair.setdefault((p.src[e], p.dst[e]), []).append(e)
+    for group in by_pair.values():
+        front: list[int] = []
+        for e in sorted(group, key=lambda e: (p.time_ms[e], p.acc[e], e)):
+            if any(p.acc[f] <= p.acc[e] for f in front):
+                dead.add(e)  # a kept edge is as fast (sorted by time) and as cheap
+            else:
+                front.append(e)
+    out: dict[int, list[int]] = {}
+    for e in free:
+        if e not in dead:
+            out.setdefault(p.src[e], []).append(e)
+    two_hop: dict[tuple[int, int], list[tuple[float, float]]] = {}
+    for f in free:
+        if f in dead:
+            continue
+        for g in out.get(p.dst[f], ()):
+            two_hop.setdefault((p.src[f], p.dst[g]), []).append((p.time_ms[f] + p.time_ms[g], p.acc[f] + p.acc[g]))
+    for e in free:
+        if e not in dead and any(t <= p.time_ms[e] and a <= p.acc[e] for t, a in two_hop.get((p.src[e], p.dst[e]), ())):
+            dead.add(e)
+    return frozenset(dead)
+
+
+def _reduced(p: PathProblem, dead: frozenset[int]) -> tuple[PathProblem, list[int]]:
+    """``p`` without the ``dead`` edges, and the original index of each remaining edge."""
+    keep = [e for e in range(p.n_edges) if e not in dead]
+    new = {e: k for k, e in enumerate(keep)}
+
+    def remap(edges: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(new[e] for e in edges)  # tie edges are never dead
+
+    ties = tuple(
+        replace(
+            t,
+            keep_groups=tuple(remap(g) for g in t.keep_groups),
+            remove_edges=remap(t.remove_edges),
+            added_edges=remap(t.added_edges),
+            plain_edges=remap(t.plain_edges),
+        )
+        for t in p.ties
+    )
+    q = replace(
+        p,
+        src=tuple(p.src[e] for e in keep),
+        dst=tuple(p.dst[e] for e in keep),
+        time_ms=tuple(p.time_ms[e] for e in keep),
+        acc=tuple(p.acc[e] for e in keep),
+        ties=ties,
+    )
+    return q, keep
 
 
 def _milp_once(
@@ -199,9 +269,23 @@ def solve_milp(
     budget_ms: float | None = None,
     max_acc: float | None = None,
     time_limit_s: float = 60.0,
+    presolve: bool = True,
 ) -> Solution:
     """With ``budget_ms``: the least accuracy cost within the time budget, then the fastest plan at that cost.
-    Otherwise: the fastest plan (within ``max_acc`` if given), then the least accuracy cost at that time."""
+    Otherwise: the fastest plan (within ``max_acc`` if given), then the least accuracy cost at that time.
+    ``presolve`` first drops the :func:`dominated_edges` (same optimum, a smaller program; its time counts in
+    ``solve_s``); the edges of the solution are indices into ``p`` either way."""
+    if not presolve:
+        return _solve(p, budget_ms, max_acc, time_limit_s)
+    t0 = time.perf_counter()
+    q, keep = _reduced(p, dominated_edges(p))
+    sol = _solve(q, budget_ms, max_acc, time_limit_s)
+    presolve_s = time.perf_counter() - t0 - sol.solve_s
+    return replace(sol, edges=tuple(sorted(keep[e] for e in sol.edges)), solve_s=sol.solve_s + presolve_s)
+
+
+def _solve(p: PathProblem, budget_ms: float | None, max_acc: float | None, time_limit_s: float) -> Solution:
+    n_vars = p.n_edges + len(p.ties)
     if p.n_edges == 0 and not p.ties:  # nothing to decide
         ok = all(s == t for s, t in zip(p.starts, p.ends, strict=True))
         ok = ok and (budget_ms is None or p.fixed_ms <= budget_ms) and (max_acc is None or max_acc >= 0)
@@ -210,15 +294,15 @@ def solve_milp(
     if budget_ms is not None:
         res, s1 = _milp_once(p, "acc", budget_ms, max_acc, time_limit_s)
         if res.x is None:
-            return _solution(p, res, s1, 1)
+            return replace(_solution(p, res, s1, 1), variables=n_vars)
         best = float(res.fun)
         res2, s2 = _milp_once(p, "time", budget_ms, best + 1e-6 * max(1.0, abs(best)), time_limit_s)
         sol = _solution(p, res2 if res2.x is not None else res, s1 + s2, 2)
-        return Solution(sol.status, sol.edges, sol.accuracy_cost, sol.time_ms, best, sol.mip_gap, sol.solve_s, 2)
+        return replace(sol, objective=best, solves=2, variables=n_vars)
     res, s1 = _milp_once(p, "time", None, max_acc, time_limit_s)
     if res.x is None:
-        return _solution(p, res, s1, 1)
+        return replace(_solution(p, res, s1, 1), variables=n_vars)
     fastest = float(res.fun) + p.fixed_ms
     res2, s2 = _milp_once(p, "acc", fastest + 1e-9 * max(1.0, fastest), max_acc, time_limit_s)
     sol = _solution(p, res2 if res2.x is not None else res, s1 + s2, 2)
-    return Solution(sol.status, sol.edges, sol.accuracy_cost, sol.time_ms, fastest, sol.mip_gap, sol.solve_s, 2)
+    return replace(sol, objective=fastest, solves=2, variables=n_vars)
