@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -34,6 +35,10 @@ SPACES = {
 }
 
 
+def _runs(values: list[float]) -> str:
+    return " / ".join(f"{v:.2f}x" for v in values)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, required=True)
@@ -42,7 +47,8 @@ def main() -> None:
     p.add_argument("--target", type=float, default=1.3, help="predicted speed-up target over the original")
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timed repeats per run")
+    p.add_argument("--runs", type=int, default=3, help="runs (each interleaves every network); the median is shown")
     p.add_argument("--profiles", type=Path, default=Path("profiles"))
     args = p.parse_args()
     torch.set_num_threads(args.threads)
@@ -61,35 +67,44 @@ def main() -> None:
             plans[f"{args.target:g}x, {space}"] = planner.for_target(target_speedup=args.target)
         nets = {"original": model, "BN folded": bn_folded_network(model, name, size)}
         nets |= {k: merge(model, r.plan) for k, r in plans.items()}
-        res = measure(nets, args.batch, size, "cpu", False, 1, args.repeats, runtime=args.runtime, threads=args.threads)
-        orig, folded = res["original"].images_per_s, res["BN folded"].images_per_s
-        rows.append(f"| {name} | BN folded | - | - | - | 1.00x | {folded / orig:.2f}x | - |")
+        runs = [
+            measure(nets, args.batch, size, "cpu", False, 1, args.repeats, runtime=args.runtime, threads=args.threads)
+            for _ in range(args.runs)
+        ]
+        speedups = {k: [res[k].images_per_s / res["original"].images_per_s for res in runs] for k in nets}
+        over_folded = {k: [res[k].images_per_s / res["BN folded"].images_per_s for res in runs] for k in nets}
+        folded = speedups["BN folded"]
+        rows.append(
+            f"| {name} | BN folded | - | - | - | 1.00x | {_runs(folded)} | {statistics.median(folded):.2f}x | - |"
+        )
         for label, r in plans.items():
             pred = evaluate(a, r.plan, costs=costs, bn_folded=False).speedup
-            meas = res[label].images_per_s / orig
+            meas = statistics.median(speedups[label])
             rows.append(
                 f"| {name} | {label} | {len(r.plan.removed)} | {len(r.plan.pruned)} | {r.accuracy_cost:g} | "
-                f"{pred:.2f}x | {meas:.2f}x | {res[label].images_per_s / folded:.2f}x |"
+                f"{pred:.2f}x | {_runs(speedups[label])} | {meas:.2f}x | {statistics.median(over_folded[label]):.2f}x |"
             )
             results.append({"model": name, "network": label, "removed": len(r.plan.removed),
                             "pruned": list(r.plan.pruned), "accuracy_cost": r.accuracy_cost,
-                            "predicted_speedup": pred, "measured_speedup": meas,
-                            "measured_over_bn_folded": res[label].images_per_s / folded, "plan": r.plan.to_json(),
-                            "timing": res[label].to_json(), "original": res["original"].to_json()})  # fmt: skip
+                            "predicted_speedup": pred, "measured_speedup": meas, "measured_runs": speedups[label],
+                            "measured_over_bn_folded": statistics.median(over_folded[label]),
+                            "plan": r.plan.to_json(), "timing": [res[label].to_json() for res in runs],
+                            "original": [res["original"].to_json() for res in runs]})  # fmt: skip
         print(f"{name}: done", flush=True)
     header = [
         "# The wider search space, measured under OpenVINO (issue 17)",
         "",
-        f"`python bench/wider_space_speedups.py --out {args.out} --models {args.models} --target {args.target:g}`",
+        f"`python bench/wider_space_speedups.py --out {args.out} --models {args.models} --target {args.target:g} "
+        f"--runs {args.runs} --repeats {args.repeats}`",
         "",
         f"CPU ({platform.processor() or platform.machine()}), {args.runtime}, {args.threads} threads, batch "
-        f"{args.batch}, fp32, NCHW; priced by the committed {args.runtime} profiles; median of {args.repeats} "
-        "interleaved runs per network in one run; random weights. Accuracy cost: the default proxy (1 per removed "
-        "activation or pruned conv, a pruned block its convs).",
+        f"{args.batch}, fp32, NCHW; priced by the committed {args.runtime} profiles; {args.runs} runs, each the median "
+        f"of {args.repeats} interleaved repeats of every network; random weights. Accuracy cost: the default proxy "
+        "(1 per removed activation or pruned conv, a pruned block its convs).",
         "",
-        "| model | plan | removed activations | pruned | accuracy cost | predicted | measured (vs original) | "
-        "measured vs BN folded |",
-        "|---|---|---:|---:|---:|---:|---:|---:|",
+        "| model | plan | removed activations | pruned | accuracy cost | predicted | measured (vs original), per run "
+        "| median | median vs BN folded |",
+        "|---|---|---:|---:|---:|---:|---|---:|---:|",
     ]
     atomic_write_bytes(args.out, ("\n".join(header + rows) + "\n").encode())
     atomic_write_json(args.out.with_suffix(".json"), results)

@@ -279,8 +279,8 @@ def solve_milp(
         return _solve(p, budget_ms, max_acc, time_limit_s)
     t0 = time.perf_counter()
     q, keep = _reduced(p, dominated_edges(p))
+    presolve_s = time.perf_counter() - t0
     sol = _solve(q, budget_ms, max_acc, time_limit_s)
-    presolve_s = time.perf_counter() - t0 - sol.solve_s
     return replace(sol, edges=tuple(sorted(keep[e] for e in sol.edges)), solve_s=sol.solve_s + presolve_s)
 
 
