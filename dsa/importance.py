@@ -7,6 +7,9 @@ Methods (all deterministic for a fixed seed and calibration batch):
 
 - ``linearity``: how much of an activation's input lies where it acts as the identity (ReLU: x >= 0;
   ReLU6 / Hardtanh: 0 <= x <= 6 / -1 <= x <= 1; smooth ones: 1 - E|f(x) - x| / E|x|). Cost = 1 - linearity.
+  With ``pruned=True``, the same local question of each prunable op (LayerMerge): how far the op is from the
+  identity it would become, ``E|y - y_pruned| / (E|y| + E|y_pruned|)`` in [0, 1] (0: the op is the identity; a
+  conv with its BN: ``y_pruned`` is its input; a residual block: its shortcut).
 - ``removal-kl``: KL divergence of the network's output distribution when the activation (or a whole block,
   DepthShrinker style) is removed in the merge-ready form (padding relocation included), vs the original; with
   ``pruned=True`` also when each prunable conv or residual branch is pruned (LayerMerge; ``pruned`` scores).
@@ -14,7 +17,10 @@ Methods (all deterministic for a fixed seed and calibration batch):
   pass with straight-through gradients, trained to match the original network's outputs (KD) plus a
   latency-aware term that rewards removing where the predicted saving is large. Cost = final keep probability.
 - ``finetune``: the successors' method — for each candidate, remove it, finetune the merge-ready network a few
-  steps on the calibration data (KD from the original), and score the KL from the original on a held-out part.
+  steps on the calibration data (KD from the original), and score the KL from the original on a held-out part;
+  with ``pruned=True`` each prunable op pruned is a candidate too.
+
+``gates`` scores activations only: with ``dsa plan --prune-convs`` its pruned convs cost the planner's default.
 
 Every method scores each removable activation (``scores``, what the planner reads) and each interior block
 merged DepthShrinker style (``segments``): removal-kl and finetune measure blocks directly; linearity and
@@ -106,6 +112,58 @@ class _ActInputs(fx.Interpreter):
         return super().run_node(n)
 
 
+class _NodeValues(fx.Interpreter):
+    """Runs the traced network and keeps copies of the outputs of the ``wanted`` nodes (copies: a later in-place
+    activation would change them)."""
+
+    def __init__(self, gm: fx.GraphModule, wanted: set[str]) -> None:
+        super().__init__(gm)
+        self.wanted, self.values = wanted, {}
+
+    def run_node(self, n: fx.Node):
+        out = super().run_node(n)
+        if n.name in self.wanted:
+            self.values[n.name] = out.clone()
+        return out
+
+
+def _pruning_deviation(a: Analysis, batches: Sequence[torch.Tensor]) -> dict[str, float]:
+    """Per prunable op (:func:`dsa.ir.prunable`): ``E|y - y_pruned| / (E|y| + E|y_pruned|)`` over ``batches`` (in
+    [0, 1] by the triangle inequality; 0 when the op is the identity there), where ``y`` is
+    what the op (a conv with its BN, or a residual block's add) outputs and ``y_pruned`` what the pruned network
+    computes there: the conv's input (through the activation of a timm BN+act, which pruning keeps), the block's
+    shortcut."""
+    from dsa.ir import PRUNE_CONV, bn_of, prunable, prunable_blocks
+
+    gm = a.graph_module.eval()
+    users = a.users()
+    kinds = prunable(a)
+    blocks = prunable_blocks(a, users)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    pairs: dict[str, tuple[str, str, Callable[[torch.Tensor], torch.Tensor] | None]] = {}
+    for name, kind in kinds.items():
+        op = a.by_name[name]
+        if kind == PRUNE_CONV:
+            bn = bn_of(a, users, op.id)
+            out_node = a.ops[bn].node if bn is not None else op.node
+            node = nodes[out_node]
+            act = getattr(gm.get_submodule(node.target), "act", None) if node.op == "call_module" else None
+            pairs[name] = (out_node, a.ops[op.inputs[0]].node, act)
+        else:
+            pairs[name] = (op.node, a.ops[blocks[op.id].input_id].node, None)
+    interp = _NodeValues(gm, {n for out, inp, _ in pairs.values() for n in (out, inp)})
+    dev = {name: [0.0, 0.0] for name in pairs}
+    with torch.no_grad():
+        for x in batches:
+            interp.run(x)
+            v = interp.values
+            for name, (out, inp, act) in pairs.items():
+                y, y_pruned = v[out], v[inp] if act is None else act(v[inp])
+                dev[name][0] += float((y - y_pruned).abs().sum())
+                dev[name][1] += float(y.abs().sum() + y_pruned.abs().sum())
+    return {name: d / n if n > 0 else 0.0 for name, (d, n) in dev.items()}
+
+
 def _linearity_of(act_type: str, x: torch.Tensor, act: Callable[[torch.Tensor], torch.Tensor]) -> tuple[float, float]:
     """(sum of per-element linearity contributions, count) for one batch."""
     if act_type in _RANGES:
@@ -122,9 +180,11 @@ def linearity(
     batches: Sequence[torch.Tensor],
     blocks: bool | Sequence[str] = True,
     progress: Progress | None = None,
+    pruned: bool = False,
 ) -> Importance:
     """Cost = 1 - share of each removable activation's input in its linear region; a block's cost is the sum
-    of its activations'."""
+    of its activations'. With ``pruned``, each prunable op costs how far it is from the identity it would become
+    (the file's ``pruned`` scores; see the module docstring)."""
     t0 = time.perf_counter()
     sites = _site_ops(a)
     gm = a.graph_module.eval()
@@ -160,7 +220,10 @@ def linearity(
             h.remove()
     scores = {name: max(0.0, 1.0 - s / n) if n else 1.0 for name, (s, n) in acc.items()}
     segs = block_sums(a, scores, blocks)
-    return Importance("linearity", a.model_name, a.fingerprint, scores, segs, seconds=time.perf_counter() - t0)
+    pruned_scores = _pruning_deviation(a, batches) if pruned else {}
+    return Importance(
+        "linearity", a.model_name, a.fingerprint, scores, segs, seconds=time.perf_counter() - t0, pruned=pruned_scores
+    )
 
 
 def _add(acc: dict, name: str, act_type: str, x: torch.Tensor, act: Callable) -> None:
@@ -357,28 +420,34 @@ def finetune_proxy(
     names: Sequence[str] | None = None,
     blocks: bool | Sequence[str] = True,
     progress: Progress | None = None,
+    pruned: bool = False,
 ) -> Importance:
     """For each candidate — each removable activation (or each of ``names``), then each block merge (or each
-    of ``blocks``) — remove it, finetune the merge-ready network ``steps`` KD steps from the original on the
-    first ``len(batches) - heldout`` batches, and score the KL of its output from the original network's on the
+    of ``blocks``), then with ``pruned`` each prunable op pruned (the file's ``pruned`` scores) — remove it,
+    finetune the merge-ready network ``steps`` KD steps from the original on the first ``len(batches) - heldout``
+    batches, and score the KL of its output from the original network's on the
     held-out batches (top-1 agreement there is recorded in the metadata). The held-out batches are training
     images the finetunes never see, so a dataset's val and test splits stay clean. Stops at ``time_budget_s``
     (checked between candidates): unscored activations are listed in the metadata and cost the largest scored
-    value (the file's ``default``); a budget that scores nothing is an error."""
+    value (the file's ``default``; unscored prunable ops are listed too and cost the same); a budget that scores
+    nothing is an error."""
+    from dsa.ir import prunable
     from dsa.transform.merge import apply_plan
 
     if len(batches) <= heldout:
         raise DsaError(f"finetune needs more than {heldout} calibration batches, got {len(batches)}")
     t0 = time.perf_counter()
     acts, blks = activation_candidates(a, names), block_candidates(a, blocks)
+    prunes = {n: make_plan(a, pruned=[n]) for n in prunable(a)} if pruned else {}
     train, held = list(batches[:-heldout]), list(batches[-heldout:])
     model = model.eval()
     with torch.no_grad():
         ref_train = [model(x) for x in train]
         ref_held = [model(x) for x in held]
-    scores, segs, agreement = {}, {}, {}
-    candidates = [*acts.items(), *blks.items()]
-    for i, (name, plan) in enumerate(candidates):
+    scores, segs, pruned_scores, agreement = {}, {}, {}, {}
+    candidates = [(scores, n, p) for n, p in acts.items()] + [(segs, n, p) for n, p in blks.items()]
+    candidates += [(pruned_scores, n, p) for n, p in prunes.items()]
+    for i, (into, name, plan) in enumerate(candidates):
         if time_budget_s is not None and time.perf_counter() - t0 > time_budget_s:
             break
         ready = apply_plan(model, plan, a)
@@ -394,9 +463,10 @@ def finetune_proxy(
         with torch.no_grad():
             outs = [ready(x) for x in held]
         agree = sum(float((o.argmax(1) == r.argmax(1)).sum()) for o, r in zip(outs, ref_held, strict=True))
-        agreement[name] = agree / sum(int(r.shape[0]) for r in ref_held)
+        key = f"pruned:{name}" if into is pruned_scores else name  # a pruned block's add vs the block's merge
+        agreement[key] = agree / sum(int(r.shape[0]) for r in ref_held)
         kl = sum(_kl(r, o) for o, r in zip(outs, ref_held, strict=True)) / len(held)
-        (scores if name in acts else segs)[name] = max(0.0, kl)
+        into[name] = max(0.0, kl)
         if progress:
             progress(name, i + 1, len(candidates))
     if candidates and not agreement:
@@ -405,6 +475,11 @@ def finetune_proxy(
             "between candidates; one takes a few seconds to minutes): raise it or leave it out"
         )
     unscored = [n for n in acts if n not in scores]
+    unscored_pruned = [n for n in prunes if n not in pruned_scores]
+    worst = max([*scores.values(), *segs.values(), *pruned_scores.values()])
+    # what the budget left unscored costs as much as the worst scored candidate (not a fixed 1, which is on another
+    # scale than KL): activations through the file's default, prunable ops by an explicit score
+    pruned_scores |= {n: worst for n in unscored_pruned}
     return Importance(
         "finetune",
         a.model_name,
@@ -412,16 +487,16 @@ def finetune_proxy(
         scores,
         segs,
         seconds=time.perf_counter() - t0,
-        # activations the budget left unscored cost as much as the worst scored one (not a fixed 1, which is on
-        # another scale than KL)
-        default=max([*scores.values(), *segs.values()]) if unscored else 1.0,
+        default=worst if unscored else 1.0,
+        pruned=pruned_scores,
         metadata={
             "steps": steps,
             "lr": lr,
             "heldout_batches": heldout,
-            "scored": len(scores) + len(segs),
+            "scored": len(scores) + len(segs) + len(pruned_scores) - len(unscored_pruned),
             "candidates": len(candidates),
             "unscored_activations": unscored,
+            **({"unscored_pruned": unscored_pruned} if prunes else {}),
             "heldout_top1_agreement": agreement,
         },
     )

@@ -235,3 +235,112 @@ def _gone_scores(a, r, imp) -> float:
         else set()
     )
     return sum(imp.scores.get(n, imp.default) for n in r.plan.removed if a.by_name[n].id in gone)
+
+
+def _identity_bn(bn: torch.nn.BatchNorm2d) -> None:
+    bn.running_mean.zero_()
+    bn.running_var.fill_(1 - bn.eps)
+    bn.weight.data.fill_(1.0)
+    bn.bias.data.zero_()
+
+
+def _identity_dw(conv: torch.nn.Conv2d) -> None:
+    conv.weight.data.zero_()
+    conv.weight.data[:, 0, conv.kernel_size[0] // 2, conv.kernel_size[1] // 2] = 1.0
+
+
+def test_linearity_scores_pruning_as_distance_from_the_identity() -> None:
+    from dsa.importance import linearity
+
+    torch.manual_seed(0)
+    net = tm.tiny_mbv2().eval()
+    batches = [torch.randn(4, 3, SIZE, SIZE)]
+    a = analyze(net, TINY, SIZE)
+    imp = linearity(net, a, batches, blocks=False, pruned=True)
+    assert set(imp.pruned) == set(prunable(a)) and all(0 < v <= 1 for v in imp.pruned.values())
+    with torch.no_grad():
+        _identity_dw(net.features[3].conv[3])  # features.3.conv.3 and its BN: the identity, so pruning changes nothing
+        _identity_bn(net.features[3].conv[4])
+        net.features[1].conv[7].weight.zero_()  # block 1's branch outputs 0: pruning the block changes nothing
+        net.features[1].conv[7].bias.zero_()
+    a = analyze(net, TINY, SIZE)
+    again = linearity(net, a, batches, blocks=False, pruned=True)
+    assert again.pruned["features.3.conv.3"] == pytest.approx(0, abs=1e-6)
+    assert again.pruned["features.1.add"] == pytest.approx(0, abs=1e-6)
+    # the deviation is measured before the in-place ReLU6 after the BN: compare with hooks
+    seen = {}
+    conv, bn = net.features[1].conv[3], net.features[1].conv[4]
+    hooks = [
+        conv.register_forward_pre_hook(lambda m, args: seen.__setitem__("x", args[0].clone())),
+        bn.register_forward_hook(lambda m, args, out: seen.__setitem__("y", out.clone())),
+    ]
+    with torch.no_grad():
+        net(batches[0])
+    for h in hooks:
+        h.remove()
+    x, y = seen["x"], seen["y"]
+    expected = float((y - x).abs().sum() / (y.abs().sum() + x.abs().sum()))
+    assert again.pruned["features.1.conv.3"] == pytest.approx(expected, rel=1e-5)
+    assert not linearity(net, a, batches, blocks=False).pruned  # off unless asked
+
+
+def test_linearity_pruning_keeps_the_act_of_a_timm_bn_act() -> None:
+    from timm.layers import BatchNormAct2d
+
+    from dsa.importance import linearity
+
+    class Net(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem, self.bn0 = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False), BatchNormAct2d(8)
+            self.dw = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False)
+            self.bn1 = BatchNormAct2d(8, act_layer=torch.nn.ReLU6)
+            self.head = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = self.bn1(self.dw(self.bn0(self.stem(x))))
+            return self.head(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    with torch.no_grad():
+        net.bn0.bias.fill_(8.0)  # the dw conv's inputs mostly above 6, where the ReLU6 that pruning keeps clips
+        _identity_dw(net.dw)
+        _identity_bn(net.bn1)
+    a = analyze(net, "bnact", 16)
+    assert prunable(a) == {"dw": PRUNE_CONV}
+    # dw + BN are the identity; pruned, the BN's ReLU6 stays (without it the inputs above 6 would differ)
+    assert linearity(net, a, [torch.randn(2, 3, 16, 16)], pruned=True).pruned["dw"] == pytest.approx(0, abs=1e-6)
+
+
+def test_finetune_scores_pruning_and_the_budget_leaves_the_rest_at_the_worst(tiny, monkeypatch) -> None:
+    import dsa.importance as imp_mod
+
+    torch.manual_seed(0)
+    net = tm.tiny_mbv2().eval()
+    batches = [torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    first = tiny.removable[:1]
+    imp = imp_mod.finetune_proxy(net, tiny, batches, steps=1, names=first, blocks=False, pruned=True)
+    assert set(imp.pruned) == set(prunable(tiny)) and all(v >= 0 for v in imp.pruned.values())
+    assert imp.metadata["unscored_pruned"] == [] and imp.metadata["scored"] == 1 + len(prunable(tiny))
+    assert set(imp.metadata["heldout_top1_agreement"]) == {*first, *(f"pruned:{n}" for n in prunable(tiny))}
+    clock = iter(range(1000))  # a fake clock: one second per reading
+    monkeypatch.setattr(imp_mod.time, "perf_counter", lambda: float(next(clock)))
+    cut = imp_mod.finetune_proxy(net, tiny, batches, steps=1, names=first, blocks=False, pruned=True, time_budget_s=2.5)
+    unscored = cut.metadata["unscored_pruned"]
+    assert unscored and set(unscored) < set(prunable(tiny)) and set(cut.pruned) == set(prunable(tiny))
+    worst = max([*cut.scores.values(), *(v for n, v in cut.pruned.items() if n not in unscored)])
+    assert all(cut.pruned[n] == worst for n in unscored)
+
+
+def test_cli_importance_prune_convs(tmp_path) -> None:
+    from tests.test_data import write_folder
+
+    data = write_folder(tmp_path / "data", classes=3, per_split={"train": 4, "val": 2})
+    out = tmp_path / "imp.json"
+    args = ["importance", "--model", TINY, "--input-size", str(SIZE), "--data", str(data), "--samples", "4"]
+    ok(dsa(*args, "--method", "linearity", "--prune-convs", "--out", str(out)))
+    assert set(json.loads(out.read_text())["pruned"]) == set(prunable(analyze(tm.tiny_mbv2().eval(), TINY, SIZE)))
+    err = user_error(dsa(*args, "--method", "gates", "--prune-convs", "--out", str(tmp_path / "g.json")))
+    assert "--prune-convs only apply with --method linearity, removal-kl or finetune" in err
+    assert not (tmp_path / "g.json").exists()

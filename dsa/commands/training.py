@@ -359,7 +359,9 @@ def importance_cmd(
     prune_convs: Annotated[
         bool,
         typer.Option(
-            "--prune-convs", help="removal-kl: also score pruning each prunable conv and residual branch (LayerMerge)."
+            "--prune-convs",
+            help="linearity, removal-kl, finetune: also score pruning each prunable conv and residual branch "
+            "(LayerMerge).",
         ),
     ] = False,
     keep_fraction: Annotated[
@@ -408,7 +410,7 @@ def importance_cmd(
     if method != "finetune" and time_budget is not None:
         raise DsaError("--time-budget only applies with --method finetune")
     only_with(method in ("gates", "finetune"), "--method gates or finetune", **{"--steps": steps})
-    only_with(method == "removal-kl", "--method removal-kl", **{"--prune-convs": prune_convs or None})
+    only_with(method != "gates", "--method linearity, removal-kl or finetune", **{"--prune-convs": prune_convs or None})
     only_with(
         method == "gates", "--method gates", **{"--keep-fraction": keep_fraction, "--latency-weight": latency_weight}
     )
