@@ -158,7 +158,7 @@ def _pruning_deviation(a: Analysis, batches: Sequence[torch.Tensor]) -> dict[str
             interp.run(x)
             v = interp.values
             for name, (out, inp, act) in pairs.items():
-                y, y_pruned = v[out], v[inp] if act is None else act(v[inp])
+                y, y_pruned = v[out], v[inp] if act is None else act(v[inp].clone())  # timm acts work in place
                 dev[name][0] += float((y - y_pruned).abs().sum())
                 dev[name][1] += float(y.abs().sum() + y_pruned.abs().sum())
     return {name: d / n if n > 0 else 0.0 for name, (d, n) in dev.items()}
@@ -170,7 +170,7 @@ def _linearity_of(act_type: str, x: torch.Tensor, act: Callable[[torch.Tensor], 
         lo, hi = _RANGES[act_type]
         inside = ((x >= lo) & (x <= hi)).float()
         return float(inside.sum()), x.numel()
-    dev = (act(x) - x).abs().sum()
+    dev = (act(x.clone()) - x).abs().sum()  # a copy: in-place activations (inplace=True) would change x
     return float(x.numel() * (1.0 - dev / x.abs().sum().clamp_min(1e-12))), x.numel()
 
 
@@ -199,7 +199,7 @@ def linearity(
         node = nodes[op.node]
         if op.id.endswith("/act"):  # timm BN+act: the activation is a submodule; hook it for its input
             act_mod = gm.get_submodule(f"{node.target}.act")
-            fns[op.name] = act_mod
+            fns[op.name] = act_mod.forward  # not the module: calling it would run this pre-hook again
             hooks.append(
                 act_mod.register_forward_pre_hook(
                     lambda m, args, name=op.name: _add(acc, name, op_types[name], args[0], fns[name])
@@ -476,7 +476,7 @@ def finetune_proxy(
         )
     unscored = [n for n in acts if n not in scores]
     unscored_pruned = [n for n in prunes if n not in pruned_scores]
-    worst = max([*scores.values(), *segs.values(), *pruned_scores.values()])
+    worst = max([*scores.values(), *segs.values(), *pruned_scores.values()], default=1.0)
     # what the budget left unscored costs as much as the worst scored candidate (not a fixed 1, which is on another
     # scale than KL): activations through the file's default, prunable ops by an explicit score
     pruned_scores |= {n: worst for n in unscored_pruned}

@@ -252,3 +252,33 @@ def test_cli_gates_use_the_device_savings(tmp_path):
     ):
         r = run(app, ["importance", *args, "--method", "gates", *extra, "--out", str(out)])
         assert r.exit_code == 1 and fragment in r.stderr, r.output
+
+
+@pytest.mark.parametrize("timm_bn_act", [False, True])
+def test_linearity_of_in_place_smooth_activations(timm_bn_act) -> None:
+    """A smooth activation is scored by running it on a copy: in place (torchvision's Hardswish(inplace=True), timm's
+    BN+act) it must change neither its score nor the network's own forward pass."""
+    from timm.layers import BatchNormAct2d
+
+    class Net(nn.Module):
+        def __init__(self, inplace: bool) -> None:
+            super().__init__()
+            self.c1, self.c2 = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1)
+            if timm_bn_act:
+                self.b1 = BatchNormAct2d(8, act_layer=nn.Hardswish, act_kwargs={"inplace": inplace})
+            else:
+                self.b1 = nn.Sequential(nn.BatchNorm2d(8), nn.Hardswish(inplace=inplace))
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(self.c2(self.b1(self.c1(x))).mean((2, 3)))
+
+    batches = [torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(i)) for i in range(2)]
+    scores = []
+    for inplace in (False, True):
+        torch.manual_seed(0)
+        net = Net(inplace).eval()
+        a = analyze(net, "smooth", 16)
+        scores.append(linearity(net, a, batches, blocks=False).scores)
+    assert len(scores[0]) == 1 and 0 < next(iter(scores[0].values())) < 1
+    assert scores[1] == pytest.approx(scores[0])

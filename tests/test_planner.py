@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from dsa.latency.costs import plan_ms
 from dsa.latency.evaluate import evaluate
 from dsa.planner.dp import dp_frontier, solve_dp
 from dsa.planner.planner import Planner, fastest_plan, plan_for_target
-from dsa.planner.solver import PathProblem, dominated_edges, quiet_fd1, solve_milp
+from dsa.planner.solver import PathProblem, Tie, dominated_edges, quiet_fd1, solve_milp
 from tests import tiny_models as tm
 from tests.cli_helpers import dsa, ok, user_error
 
@@ -126,6 +127,11 @@ def test_dominated_edges_of_a_hand_made_instance() -> None:
     assert dominated_edges(p) == {2, 4, 5}
     sol = solve_milp(p, budget_ms=3.5)
     assert sol.edges == (3,) and sol.variables == 3
+    # an edge a block tie couples to others is never dropped, nor used to drop another
+    p = PathProblem(3, (0, 1, 0), (1, 2, 2), (1.0, 1.0, 5.0), (0, 0, 1), (0,), (2,))
+    assert dominated_edges(p) == {2}
+    assert dominated_edges(replace(p, ties=(Tie("b", ((2,),), (), (), ()),))) == set()
+    assert dominated_edges(replace(p, ties=(Tie("b", ((0,),), (), (), ()),))) == set()  # the path uses tied edge 0
 
 
 def test_dp_frontier_of_a_hand_made_instance() -> None:

@@ -313,6 +313,38 @@ def test_linearity_pruning_keeps_the_act_of_a_timm_bn_act() -> None:
     assert linearity(net, a, [torch.randn(2, 3, 16, 16)], pruned=True).pruned["dw"] == pytest.approx(0, abs=1e-6)
 
 
+def test_linearity_pruning_of_a_block_whose_input_a_timm_bn_act_conv_reads() -> None:
+    from timm.layers import BatchNormAct2d
+
+    from dsa.importance import linearity
+
+    class Net(torch.nn.Module):  # a residual block whose branch starts with dw + BN+ReLU (in place)
+        def __init__(self) -> None:
+            super().__init__()
+            self.stem = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+            self.bn0 = BatchNormAct2d(8, act_layer=torch.nn.Hardswish)  # negative outputs: a ReLU changes them
+            self.dw, self.bn1 = torch.nn.Conv2d(8, 8, 3, padding=1, groups=8, bias=False), BatchNormAct2d(8)
+            self.pw, self.bn2 = torch.nn.Conv2d(8, 8, 1, bias=False), torch.nn.BatchNorm2d(8)
+            self.head = torch.nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = self.bn0(self.stem(x))
+            x = x + self.bn2(self.pw(self.bn1(self.dw(x))))
+            return self.head(x.mean((2, 3)))
+
+    torch.manual_seed(0)
+    net = Net().eval()
+    x = torch.randn(2, 3, 16, 16)
+    a = analyze(net, "bnact-block", 16)
+    assert PRUNE_BLOCK in prunable(a).values() and prunable(a)["dw"] == PRUNE_CONV
+    block = next(n for n, k in prunable(a).items() if k == PRUNE_BLOCK)
+    with torch.no_grad():
+        s = net.bn0(net.stem(x))
+        y = s + net.bn2(net.pw(net.bn1(net.dw(s))))
+    expected = float((y - s).abs().sum() / (y.abs().sum() + s.abs().sum()))
+    assert linearity(net, a, [x], pruned=True).pruned[block] == pytest.approx(expected, rel=1e-5)
+
+
 def test_finetune_scores_pruning_and_the_budget_leaves_the_rest_at_the_worst(tiny, monkeypatch) -> None:
     import dsa.importance as imp_mod
 

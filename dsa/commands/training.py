@@ -464,6 +464,13 @@ def importance_cmd(
             f"the time budget ran out: {len(imp.metadata['unscored_activations'])} activations unscored; they cost "
             f"{imp.default:.3g} (the largest scored value) in the file"
         )
+    unscored_pruned = imp.metadata.get("unscored_pruned")
+    if unscored_pruned:
+        worst = imp.pruned[unscored_pruned[0]]
+        err.print(
+            f"the time budget ran out: pruning {len(unscored_pruned)} prunable ops unscored; they cost {worst:.3g} "
+            "(the largest scored value) in the file"
+        )
 
 
 def _activation_savings(a, gpu: str | None, profile: Path | None) -> dict[str, float]:

@@ -113,7 +113,7 @@ def dominated_edges(p: PathProblem) -> frozenset[int]:
         for group in tie.keep_groups:
             tied.update(group)
         tied.update(tie.remove_edges, tie.added_edges, tie.plain_edges)
-    free = [e for e in range(p.n_edges) if e not in tied]
+    free = [e for e in range(p.n_edges) if e not in tied and p.src[e] != p.dst[e]]  # (the planner makes no loops)
     dead: set[int] = set()
     by_pair: dict[tuple[int, int], list[int]] = {}
     for e in free:
