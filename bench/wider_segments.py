@@ -19,25 +19,14 @@ import torch
 from dsa.formats.profile import load_profile
 from dsa.graph import analyze
 from dsa.ir import signature_of
-from dsa.latency.costs import ProfileCosts
 from dsa.measure.profiler import candidate_segments
 from dsa.measure.runtime_profile import profile_runtime
 from dsa.models import create_model
-from dsa.planner.planner import Planner
 
 
 def wanted(a, prof, pruned: bool) -> list:
     """(segment, activation after it) of every candidate the profile lacks, deduplicated by shape."""
-    out: dict[str, tuple] = {}
-    for seg, act in candidate_segments(a):
-        out.setdefault(signature_of(seg), (seg, act))
-    if pruned:
-        for g in ("activation", "block"):
-            planner = Planner(a, costs=ProfileCosts(a, prof), granularity=g, prune_convs=True)
-            for e in planner.candidates.edges:
-                if e.prunes and e.segment is not None and e.segment.merged:
-                    out.setdefault(signature_of(e.segment), (e.segment, True))
-    return [v for k, v in out.items() if k not in prof.segments]
+    return [(seg, act) for seg, act in candidate_segments(a, pruned=pruned) if signature_of(seg) not in prof.segments]
 
 
 def main() -> None:

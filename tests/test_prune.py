@@ -376,3 +376,28 @@ def test_cli_importance_prune_convs(tmp_path) -> None:
     err = user_error(dsa(*args, "--method", "gates", "--prune-convs", "--out", str(tmp_path / "g.json")))
     assert "--prune-convs only apply with --method linearity, removal-kl or finetune" in err
     assert not (tmp_path / "g.json").exists()
+
+
+def test_profiles_time_the_pruned_variants_when_asked(tiny, tmp_path) -> None:
+    from dsa.formats.profile import load_profile
+    from dsa.ir import signature_of
+    from dsa.latency.costs import ProfileCosts
+    from dsa.measure.profiler import candidate_segments
+
+    plain = {signature_of(s) for s, _ in candidate_segments(tiny)}
+    wide = {signature_of(s) for s, _ in candidate_segments(tiny, pruned=True)}
+    variants = [
+        e.segment
+        for g in ("activation", "block")
+        for e in Planner(tiny, granularity=g, prune_convs=True).candidates.edges
+        if e.prunes and e.segment is not None and e.segment.merged
+    ]
+    assert plain < wide and {signature_of(s) for s in variants} <= wide
+    measured = {}
+    for flag in ((), ("--prune-convs",)):
+        out = tmp_path / f"profile{len(flag)}.json"
+        ok(dsa("profile", "--model", TINY, "--input-size", SIZE, "--batch-size", 2, "--warmup", 0, "--repeats", 1,
+               *flag, "--out", out))  # fmt: skip
+        costs = ProfileCosts(tiny, load_profile(out))
+        measured[flag] = [costs.measures(s) for s in variants]
+    assert all(measured[("--prune-convs",)]) and not all(measured[()])

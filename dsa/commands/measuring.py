@@ -260,6 +260,13 @@ def profile_cmd(
             "networks to run; costs then use these times).",
         ),
     ] = False,
+    prune_convs: Annotated[
+        bool,
+        typer.Option(
+            "--prune-convs",
+            help="Also time the merged convs of the pruned variants `dsa plan --prune-convs` offers (LayerMerge).",
+        ),
+    ] = False,
     threads: ThreadsOpt = None,
     input_size: InputSizeOpt = None,
     model: PlanModelOpt = None,
@@ -276,7 +283,7 @@ def profile_cmd(
     import roofline as rl
     from dsa.errors import DsaError
     from dsa.formats.profile import partial_path, profile_path
-    from dsa.measure.profiler import profile_model
+    from dsa.measure.profiler import candidate_segments, profile_model
     from dsa.measure.runtime_profile import check_profiled, profile_runtime
     from dsa.measure.timing import resolve_device
 
@@ -331,7 +338,13 @@ def profile_cmd(
             bar.update(task, completed=step, total=total, description=what)
 
         common = dict(
-            batch_size=batch_size, warmup=warmup, repeats=repeats, plan=p, device_spec=spec, progress=progress
+            batch_size=batch_size,
+            warmup=warmup,
+            repeats=repeats,
+            plan=p,
+            device_spec=spec,
+            progress=progress,
+            segments=candidate_segments(a, pruned=prune_convs),
         )
         if runtime == "eager":
             prof = profile_model(

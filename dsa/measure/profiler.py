@@ -100,11 +100,13 @@ def _per_op_times(a: Analysis, x: torch.Tensor, device: torch.device, warmup: in
     return {name: Stat.of(v) for name, v in per_op.items() if v and max(v) > 0}
 
 
-def candidate_segments(a: Analysis) -> list[tuple[Segment, bool]]:
+def candidate_segments(a: Analysis, pruned: bool = False) -> list[tuple[Segment, bool]]:
     """Every merged segment the planner may choose (the merged-segment edges of its DAGs, both
     granularities), with whether an activation follows it (True unless it came only from removing
-    everything removable), deduplicated by shape."""
-    from dsa.planner.candidates import merged_segments
+    everything removable), deduplicated by shape. With ``pruned``, also the merged convs of the pruned variants
+    ``dsa plan --prune-convs`` offers (with its default pruning costs: an importance file's costs may pick other
+    sets of convs to prune, which are then priced by the roofline)."""
+    from dsa.planner.candidates import GRANULARITIES, merged_segments
 
     out: dict[str, tuple[Segment, bool]] = {}
     for seg in merged_segments(a):
@@ -112,6 +114,13 @@ def candidate_segments(a: Analysis) -> list[tuple[Segment, bool]]:
     for seg in remove_all_plan(a).induced_segments(a):
         if seg.merged:
             out.setdefault(signature_of(seg), (seg, False))
+    if pruned:
+        from dsa.planner.planner import Planner
+
+        for g in GRANULARITIES:
+            for e in Planner(a, granularity=g, prune_convs=True).candidates.edges:
+                if e.prunes and e.segment is not None and e.segment.merged:
+                    out.setdefault(signature_of(e.segment), (e.segment, True))
     return list(out.values())
 
 
