@@ -44,7 +44,7 @@ from torch import nn
 from dsa.errors import DsaError
 from dsa.formats.importance import METHODS, Importance
 from dsa.formats.plan import Plan, make_plan
-from dsa.ir import Analysis, Op
+from dsa.ir import PRUNE_CONV, Analysis, Op, bn_of, prunable, prunable_blocks
 from dsa.train.losses import kd_loss
 
 _RANGES = {"ReLU": (0.0, math.inf), "ReLU6": (0.0, 6.0), "Hardtanh": (-1.0, 1.0)}
@@ -64,6 +64,12 @@ def activation_candidates(a: Analysis, names: Sequence[str] | None = None) -> di
     if unknown:
         raise DsaError(f"{a.model_name} has no removable activation {unknown[0]!r}; see `dsa analyze`")
     return {name: make_plan(a, [name]) for name in names}
+
+
+def pruning_candidates(a: Analysis) -> dict[str, Plan]:
+    """One plan per prunable op (:func:`dsa.ir.prunable`: a conv, or a residual block's whole branch) pruning it
+    alone."""
+    return {name: make_plan(a, pruned=[name]) for name in prunable(a)}
 
 
 def block_candidates(a: Analysis, blocks: bool | Sequence[str] = True) -> dict[str, Plan]:
@@ -112,28 +118,13 @@ class _ActInputs(fx.Interpreter):
         return super().run_node(n)
 
 
-class _NodeValues(fx.Interpreter):
-    """Runs the traced network and keeps copies of the outputs of the ``wanted`` nodes (copies: a later in-place
-    activation would change them)."""
-
-    def __init__(self, gm: fx.GraphModule, wanted: set[str]) -> None:
-        super().__init__(gm)
-        self.wanted, self.values = wanted, {}
-
-    def run_node(self, n: fx.Node):
-        out = super().run_node(n)
-        if n.name in self.wanted:
-            self.values[n.name] = out.clone()
-        return out
-
-
 def _pruning_deviation(a: Analysis, batches: Sequence[torch.Tensor]) -> dict[str, float]:
     """Per prunable op (:func:`dsa.ir.prunable`): ``E|y - y_pruned| / (E|y| + E|y_pruned|)`` over ``batches`` (in
     [0, 1] by the triangle inequality; 0 when the op is the identity there), where ``y`` is
     what the op (a conv with its BN, or a residual block's add) outputs and ``y_pruned`` what the pruned network
     computes there: the conv's input (through the activation of a timm BN+act, which pruning keeps), the block's
     shortcut."""
-    from dsa.ir import PRUNE_CONV, bn_of, prunable, prunable_blocks
+    from dsa.transform.merge import NodeValues
 
     gm = a.graph_module.eval()
     users = a.users()
@@ -151,7 +142,7 @@ def _pruning_deviation(a: Analysis, batches: Sequence[torch.Tensor]) -> dict[str
             pairs[name] = (out_node, a.ops[op.inputs[0]].node, act)
         else:
             pairs[name] = (op.node, a.ops[blocks[op.id].input_id].node, None)
-    interp = _NodeValues(gm, {n for out, inp, _ in pairs.values() for n in (out, inp)})
+    interp = NodeValues(gm, {n for out, inp, _ in pairs.values() for n in (out, inp)})
     dev = {name: [0.0, 0.0] for name in pairs}
     with torch.no_grad():
         for x in batches:
@@ -250,12 +241,11 @@ def removal_kl(
     style (or each of ``blocks``), is removed in the merge-ready network, against the original network; with
     ``pruned``, also when each prunable op (:func:`dsa.ir.prunable`: a conv, or a residual block's branch) is
     pruned (the file's ``pruned`` scores, what ``dsa plan --prune-convs`` charges)."""
-    from dsa.ir import prunable
     from dsa.transform.merge import apply_plan
 
     t0 = time.perf_counter()
     acts, blks = activation_candidates(a, names), block_candidates(a, blocks)
-    prunes = {n: make_plan(a, pruned=[n]) for n in prunable(a)} if pruned else {}
+    prunes = pruning_candidates(a) if pruned else {}
     model = model.eval()
     with torch.no_grad():
         ref = [model(x) for x in batches]
@@ -431,14 +421,13 @@ def finetune_proxy(
     (checked between candidates): unscored activations are listed in the metadata and cost the largest scored
     value (the file's ``default``; unscored prunable ops are listed too and cost the same); a budget that scores
     nothing is an error."""
-    from dsa.ir import prunable
     from dsa.transform.merge import apply_plan
 
     if len(batches) <= heldout:
         raise DsaError(f"finetune needs more than {heldout} calibration batches, got {len(batches)}")
     t0 = time.perf_counter()
     acts, blks = activation_candidates(a, names), block_candidates(a, blocks)
-    prunes = {n: make_plan(a, pruned=[n]) for n in prunable(a)} if pruned else {}
+    prunes = pruning_candidates(a) if pruned else {}
     train, held = list(batches[:-heldout]), list(batches[-heldout:])
     model = model.eval()
     with torch.no_grad():

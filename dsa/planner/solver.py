@@ -248,8 +248,9 @@ def _milp_once(
 
 def _solution(p: PathProblem, res, solve_s: float, solves: int) -> Solution:
     status = _STATUS.get(res.status, "error")
+    n_vars = p.n_edges + len(p.ties)
     if res.x is None:
-        return Solution(status, (), math.nan, math.nan, math.nan, None, solve_s, solves)
+        return Solution(status, (), math.nan, math.nan, math.nan, None, solve_s, solves, n_vars)
     x = np.round(res.x[: p.n_edges]).astype(int)
     y = np.round(res.x[p.n_edges :]).astype(int)
     chosen = tuple(int(e) for e in np.flatnonzero(x))
@@ -260,7 +261,9 @@ def _solution(p: PathProblem, res, solve_s: float, solves: int) -> Solution:
         + math.fsum(tie.fixed_ms for tie, v in zip(p.ties, y, strict=True) if v)
     )
     gap = getattr(res, "mip_gap", None)
-    return Solution(status, chosen, acc, t, float(res.fun), None if gap is None else float(gap), solve_s, solves)
+    return Solution(
+        status, chosen, acc, t, float(res.fun), None if gap is None else float(gap), solve_s, solves, n_vars
+    )
 
 
 def solve_milp(
@@ -285,7 +288,6 @@ def solve_milp(
 
 
 def _solve(p: PathProblem, budget_ms: float | None, max_acc: float | None, time_limit_s: float) -> Solution:
-    n_vars = p.n_edges + len(p.ties)
     if p.n_edges == 0 and not p.ties:  # nothing to decide
         ok = all(s == t for s, t in zip(p.starts, p.ends, strict=True))
         ok = ok and (budget_ms is None or p.fixed_ms <= budget_ms) and (max_acc is None or max_acc >= 0)
@@ -294,15 +296,15 @@ def _solve(p: PathProblem, budget_ms: float | None, max_acc: float | None, time_
     if budget_ms is not None:
         res, s1 = _milp_once(p, "acc", budget_ms, max_acc, time_limit_s)
         if res.x is None:
-            return replace(_solution(p, res, s1, 1), variables=n_vars)
+            return _solution(p, res, s1, 1)
         best = float(res.fun)
         res2, s2 = _milp_once(p, "time", budget_ms, best + 1e-6 * max(1.0, abs(best)), time_limit_s)
         sol = _solution(p, res2 if res2.x is not None else res, s1 + s2, 2)
-        return replace(sol, objective=best, solves=2, variables=n_vars)
+        return replace(sol, objective=best, solves=2)
     res, s1 = _milp_once(p, "time", None, max_acc, time_limit_s)
     if res.x is None:
-        return replace(_solution(p, res, s1, 1), variables=n_vars)
+        return _solution(p, res, s1, 1)
     fastest = float(res.fun) + p.fixed_ms
     res2, s2 = _milp_once(p, "acc", fastest + 1e-9 * max(1.0, fastest), max_acc, time_limit_s)
     sol = _solution(p, res2 if res2.x is not None else res, s1 + s2, 2)
-    return replace(sol, objective=fastest, solves=2, variables=n_vars)
+    return replace(sol, objective=fastest, solves=2)

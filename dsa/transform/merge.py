@@ -446,7 +446,9 @@ def _copy_as(m: nn.Module, dtype: torch.dtype) -> nn.Module:
     return (_bare_copy(m) if isinstance(m, fx.GraphModule) else copy.deepcopy(m)).to(dtype).eval()
 
 
-class _Capture(fx.Interpreter):
+class NodeValues(fx.Interpreter):
+    """Runs a traced network and keeps copies of the outputs of the ``keep`` nodes (``values``, by node name)."""
+
     def __init__(self, gm: fx.GraphModule, keep: set[str]) -> None:
         super().__init__(gm)
         self.keep = keep
@@ -476,7 +478,7 @@ def segment_errors(
         out = _node(ready, analysis.ops[seg.output_id].node)
         target = _node(ready, analysis.by_name[seg.convs[0]].node).target
         wires.append((seg, first.args[0].name, out.name, target))
-    cap = _Capture(ready, {w[1] for w in wires} | {w[2] for w in wires})
+    cap = NodeValues(ready, {w[1] for w in wires} | {w[2] for w in wires})
     gen = torch.Generator().manual_seed(seed)
     dtype = next(ready.parameters()).dtype
     with torch.no_grad():
