@@ -41,11 +41,14 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from dsa.errors import DsaError
+from dsa.errors import DsaError, InternalError
 from dsa.formats.importance import METHODS, Importance
 from dsa.formats.plan import Plan, make_plan
 from dsa.ir import PRUNE_CONV, Analysis, Op, bn_of, prunable, prunable_blocks
 from dsa.train.losses import kd_loss
+
+#: the methods whose scores are KL divergences of the output (nats per image), the units of INT8 costs
+INT8_METHODS = ("removal-kl", "finetune")
 
 _RANGES = {"ReLU": (0.0, math.inf), "ReLU6": (0.0, 6.0), "Hardtanh": (-1.0, 1.0)}
 
@@ -271,6 +274,190 @@ def removal_kl(
         seconds=time.perf_counter() - t0,
         pruned=pruned_scores,
     )
+
+
+def segment_candidates(
+    a: Analysis, prune_cost: Mapping[str, float] | None = None
+) -> dict[str, tuple[tuple[str, ...], Plan]]:
+    """Every segment the planner can choose (each merged conv, each lone conv; with ``prune_cost`` the pruned
+    variants it builds from those costs too), by :func:`dsa.ir.segment_key`: (its members, the plan that merges
+    just that segment -- everything else as in the original network)."""
+    from dsa.formats.plan import AddedActivation
+    from dsa.ir import segment_key
+    from dsa.latency.costs import RooflineCosts
+    from dsa.planner.candidates import SEGMENT, build_candidates
+    from dsa.vocab import DEFAULT_DEVICE
+
+    cands = build_candidates(a, RooflineCosts(a, DEFAULT_DEVICE), "activation", prune_cost=prune_cost)
+    out_edges = cands.out_edges()
+
+    def change(e) -> float:  # what merging, removing or pruning an edge changes in the original network
+        merged = len(e.segment.convs) if e.segment is not None and e.segment.merged else 0
+        return len(e.removes) + len(e.prunes) + merged
+
+    plain = [cands.least_path(r, change, out_edges)[1] for r in range(cands.n_runs)]
+    out: dict[str, tuple[tuple[str, ...], Plan]] = {}
+    for edge in cands.edges:
+        if edge.kind != SEGMENT or edge.segment is None or not edge.segment.convs:
+            continue
+        key = segment_key(edge.segment, edge.prunes)
+        if key in out:
+            continue
+        path = cands.least_path(edge.run, lambda e, edge=edge: -1e9 if e is edge else change(e), out_edges)[1]
+        edges = [x for r, p in enumerate(plain) for x in (path if r == edge.run else p)]
+        removed, added, boundaries = cands.path_plan_parts(edges)
+        added_acts = [AddedActivation(x, t) for x, t in added]
+        plan = make_plan(a, removed, added_acts, boundaries, pruned=cands.path_prunes(edges))
+        out[key] = (edge.segment.members, plan)
+    return out
+
+
+def int8_costs(
+    model: nn.Module,
+    a: Analysis,
+    runtime: str,
+    batches: Sequence[torch.Tensor],
+    prune_cost: Mapping[str, float] | None = None,
+    progress: Progress | None = None,
+) -> dict[str, float]:
+    """What deploying each candidate segment in INT8 costs in accuracy: for every segment the planner can choose
+    (each merged conv, and each lone conv as it runs unmerged, BN folded; with ``prune_cost`` the pruned variants
+    ``dsa plan --prune-convs`` builds from those costs too), the KL of the network's output when the INT8 rounding
+    error of that one conv is added at the segment's output in the float network, against the float network.
+    The error is scaled to the float network's signal there (``||v|| / ||y||``, ``v`` the float network's value,
+    ``y`` the merged conv's): a merged conv without its activations computes values of another scale until it is
+    finetuned (towards the original's, by distillation), and its INT8 error is relative to its own output.
+    The error is :func:`dsa.quantize.emulate_conv`'s (``runtime``'s scheme; the conv's input range over the first
+    half of ``batches``, the KL over the other half: held out, as a deployed network meets new images; one batch
+    serves both), on the inputs the segment reads in the float network; the rest of the network stays float, and
+    only the part after the segment is run again. Keys: :func:`dsa.ir.segment_key`. Nats per image, like
+    removal-kl and finetune, so the planner adds them to a plan's accuracy cost when it plans for INT8 (a plan's
+    INT8 cost is the sum over its segments: one quantized conv each)."""
+    from dsa.graph import analyze
+    from dsa.ir import Kind
+    from dsa.quantize import emulate_conv
+    from dsa.transform.merge import NodeValues, apply_plan, merge_ready_record, merged_conv
+
+    model = model.eval()
+    if a.graph_module is None:  # a cached analysis: trace the network again
+        a = analyze(model, a.model_name, a.input_size)
+    gm = copy.deepcopy(a.graph_module).eval()
+    for m in gm.modules():  # cached values are shared by every rerun: nothing may change them in place
+        if getattr(m, "inplace", False):
+            m.inplace = False
+    candidates = segment_candidates(a, prune_cost)
+    nodes = {n.name: n for n in gm.graph.nodes}
+    n_ranges = max(1, len(batches) // 2)  # ranges from the first half, the KL on the other (held out, as deployed)
+    lows: dict[str, torch.Tensor] = {}
+    highs: dict[str, torch.Tensor] = {}
+    checks = []
+    with torch.no_grad():
+        for k, x in enumerate(batches):
+            cap = NodeValues(gm, set(nodes))
+            logits = cap.run(x)
+            if k < n_ranges:  # per-channel ranges of every 4-d value (a conv's input is one)
+                for name, v in cap.values.items():
+                    if isinstance(v, torch.Tensor) and v.dim() == 4:
+                        lo, hi = v.amin((0, 2, 3)), v.amax((0, 2, 3))
+                        lows[name] = torch.minimum(lows[name], lo) if name in lows else lo
+                        highs[name] = torch.maximum(highs[name], hi) if name in highs else hi
+            if k >= n_ranges or len(batches) == 1:
+                checks.append((x, cap.values, logits))
+    costs: dict[str, float] = {}
+    for i, (key, (members, plan)) in enumerate(candidates.items()):
+        ready = apply_plan(model, plan, a)
+        view = merge_ready_record(ready).analysis
+        seg = next((s for s in merge_ready_record(ready).segments if s.members == members), None)
+        if seg is None:
+            raise InternalError(f"the plan made to score segment {key} does not induce it")
+        conv = merged_conv(ready, view, seg)
+        ready_nodes = {n.name: n for n in ready.graph.nodes}
+        src = ready_nodes[view.ops[seg.member_ids[0]].node].args[0].name
+        out_op = view.ops[seg.output_id]
+        out = out_op.node
+        act = None  # a kept activation inside the segment's last module (timm's BN+act)
+        if out_op.kind in (Kind.BN, Kind.IDENTITY) and nodes[out].op == "call_module":
+            act = getattr(gm.get_submodule(nodes[out].target), "act", None)
+            act = None if isinstance(act, nn.Identity) else act
+        quantized = emulate_conv(conv, lows[src], highs[src], runtime)
+        later = _descendants(nodes[out])
+        edge_in = {n for d in later for n in d.all_input_nodes if n not in later}  # read by the rerun: cloned
+        total = 0.0
+        with torch.no_grad():
+            for x, values, ref in checks:
+                y, yq = conv(values[src]), quantized(values[src])
+                if yq.shape != values[out].shape:
+                    want = tuple(values[out].shape)
+                    raise InternalError(f"the merged conv of {key} gives {tuple(yq.shape)}, not {want}")
+                env = {}
+                for n in gm.graph.nodes:
+                    if n not in later:
+                        value = values[n.name]
+                        env[n] = value.clone() if n in edge_in and isinstance(value, torch.Tensor) else value
+                # the error at the float network's own signal level (before a kept activation): a finetuned merged
+                # conv computes values like the original's there (distillation), with the relative error its INT8
+                # form has
+                v = _pre_activation(gm, nodes[out], values) if act is not None else values[out]
+                scale = float(v.double().norm() / y.double().norm().clamp_min(1e-30))
+                hurt = v + (yq - y) * scale
+                env[nodes[out]] = act(hurt) if act is not None else hurt
+                total += _kl(ref.double(), fx.Interpreter(gm).run(x, initial_env=env).double())
+        costs[key] = max(0.0, total / len(checks))
+        if progress:
+            progress(key, i + 1, len(candidates))
+    return costs
+
+
+def with_int8_costs(
+    imp: Importance,
+    model: nn.Module,
+    a: Analysis,
+    runtime: str,
+    batches: Sequence[torch.Tensor],
+    progress: Progress | None = None,
+) -> Importance:
+    """``imp`` with :func:`int8_costs` for ``runtime`` added (the pruned variants too where ``imp`` scores
+    pruning: built from its pruning costs, as the planner builds them). Its scores must be KL-like (removal-kl or
+    finetune: nats per image), the units of INT8 costs, which the planner adds to them."""
+    from dsa.quantize import EMULATION
+
+    if imp.method not in INT8_METHODS:
+        raise DsaError(
+            f"INT8 costs are KL divergences (nats per image): they add to the scores of --method "
+            f"{' or '.join(INT8_METHODS)}, not {imp.method}"
+        )
+    from dsa.planner.planner import pruning_costs
+
+    t0 = time.perf_counter()
+    prune_cost = pruning_costs(a, imp.pruned, imp.default) if imp.pruned else None  # as the planner fills them
+    costs = int8_costs(model, a, runtime, batches, prune_cost=prune_cost, progress=progress)
+    emulation = {"weights": EMULATION["weights"], "activations": EMULATION["activations"][runtime]}
+    return dataclasses.replace(
+        imp,
+        int8=costs,
+        int8_runtime=runtime,
+        metadata={**imp.metadata, "int8_emulation": emulation, "int8_seconds": time.perf_counter() - t0},
+        seconds=imp.seconds + time.perf_counter() - t0,
+    )
+
+
+def _pre_activation(gm: fx.GraphModule, node: fx.Node, values: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """The value a BN+activation module (timm's) computes before its activation, in the float network."""
+    module = gm.get_submodule(node.target)
+    if not isinstance(module, nn.BatchNorm2d):
+        raise InternalError(f"{node.target}: a {type(module).__name__} with an activation inside, not a BN")
+    return nn.BatchNorm2d.forward(module, values[node.args[0].name])
+
+
+def _descendants(node: fx.Node) -> set[fx.Node]:
+    """``node`` and every node that reads it, directly or not."""
+    seen, todo = {node}, [node]
+    while todo:
+        for user in todo.pop().users:
+            if user not in seen:
+                seen.add(user)
+                todo.append(user)
+    return seen
 
 
 class _Gate(nn.Module):

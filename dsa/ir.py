@@ -22,7 +22,7 @@ Segments follow the merge rules of METHOD.md:
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -333,6 +333,14 @@ def signature_of(seg: Segment) -> str:
     return segment_signature(
         seg.in_channels, seg.out_channels, seg.kernel, seg.stride, groups, seg.in_shape[1], seg.in_shape[2]
     )
+
+
+def segment_key(seg: Segment, pruned: Sequence[str] = ()) -> str:
+    """A candidate segment named by its place in the network: its first and last ops (a segment is a contiguous
+    piece of one linear run) and, for a pruned variant, the ops it prunes. The keys of per-segment accuracy
+    costs (an importance file's ``int8``)."""
+    key = f"{seg.members[0]}..{seg.members[-1]}"
+    return key + (f" pruned {','.join(sorted(pruned))}" if pruned else "")
 
 
 @dataclass

@@ -7,6 +7,13 @@
   (``performance``) preset, symmetric int8 per-channel weights and per-tensor activations, its min/max
   statistics over the calibration images, fast bias correction.
 
+Accuracy proxies need the error INT8 adds at hundreds of candidate merged convs, too many to quantize each with a
+runtime's tool; :func:`emulate_conv` rounds one conv the way these schemes do (weights per output channel on the
+symmetric int8 grid, the input on the runtime's activation grid: per tensor, or per channel for depthwise convs under
+NNCF as NNCF does; MinMax ranges) for scoring only
+(``dsa importance --int8``), checked against the runtimes' own per-layer :func:`sensitivity`. Deployment never
+uses it.
+
 Every :class:`Quantized` network is compiled and run in its runtime and compared with the float32 network it was
 made from on held-back inputs (:func:`check`): a quantization that does not compute the same network (relative
 RMS error of the outputs above ``tolerance``) is refused. Calibration data are float32 batches the network takes
@@ -26,6 +33,7 @@ import torch
 from torch import nn
 
 from dsa.errors import DsaError, ExportError
+from dsa.transform.layers import relocated_padding
 from dsa.vocab import INT8_RUNTIMES
 
 #: relative RMS error of a quantized network's outputs against its float32 form above which it is refused: INT8
@@ -199,8 +207,15 @@ def _quantize_ort(data: bytes, batches: list[np.ndarray], only: Sequence[str] | 
         return dst.read_bytes()
 
 
-def _quantize_ov(ov_model, batches: list[np.ndarray], ignored: Sequence[str] = ()):
-    """An ``openvino.Model`` quantized by NNCF; ``ignored``: ops left in float."""
+#: the other ops NNCF quantizes (residual adds, pooling inputs, ...): left in float to quantize one layer alone
+_OV_OTHER_QUANTIZABLE = (
+    "Add", "Multiply", "Subtract", "Divide", "Maximum", "Minimum", "ReduceMean", "AvgPool", "MaxPool",
+    "Interpolate", "Concat", "MVN", "NormalizeL2",
+)  # fmt: skip
+
+
+def _quantize_ov(ov_model, batches: list[np.ndarray], ignored: Sequence[str] = (), ignored_types: Sequence[str] = ()):
+    """An ``openvino.Model`` quantized by NNCF; ``ignored``: ops left in float (and ops of ``ignored_types``)."""
     import contextlib
     import io
     import logging
@@ -208,7 +223,11 @@ def _quantize_ov(ov_model, batches: list[np.ndarray], ignored: Sequence[str] = (
     import nncf
 
     logging.getLogger("nncf").setLevel(logging.ERROR)
-    scope = nncf.IgnoredScope(names=list(ignored), validate=False) if ignored else None
+    scope = (
+        nncf.IgnoredScope(names=list(ignored), types=list(ignored_types), validate=False)
+        if ignored or ignored_types
+        else None
+    )
     # NNCF draws progress bars on the console while it collects statistics; library code does not print
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         return nncf.quantize(ov_model, nncf.Dataset(batches), subset_size=len(batches), ignored_scope=scope)
@@ -216,6 +235,43 @@ def _quantize_ov(ov_model, batches: list[np.ndarray], ignored: Sequence[str] = (
 
 def _ov_convs(ov_model) -> list[str]:
     return [op.get_friendly_name() for op in ov_model.get_ordered_ops() if op.get_type_name() in _OV_CONVS]
+
+
+def _ov_out_channels(ov_model) -> list[int]:
+    ops = [op for op in ov_model.get_ordered_ops() if op.get_type_name() in _OV_CONVS]
+    return [op.get_output_partial_shape(0)[1 if op.get_type_name() != "MatMul" else -1].get_length() for op in ops]
+
+
+def _ort_out_channels(data: bytes) -> list[int]:
+    import onnx
+
+    graph = onnx.load_from_string(data).graph
+    dims = {t.name: list(t.dims) for t in graph.initializer}
+    out = []
+    for n in graph.node:
+        if n.op_type in ("Conv", "Gemm", "MatMul"):
+            w = dims.get(n.input[1], [0])
+            trans_b = next((a.i for a in n.attribute if a.name == "transB"), 0)  # ONNX's default: 0
+            out.append(w[0] if n.op_type == "Conv" or (n.op_type == "Gemm" and trans_b) else w[-1])
+    return out
+
+
+def _layer_paths(model: nn.Module, nodes: Sequence[str], channels: Sequence[int]) -> list[str]:
+    """The module path of each runtime node (convs and the classifier, in graph order). ONNX names carry it, except
+    for a traced network (a merged one: its export flattens the names), whose conv and linear calls are matched to
+    the nodes in order, checked by their output channels; unmatched: the node's own scope."""
+    from dsa.export import scope_of
+
+    scoped = [scope_of(n.removesuffix("/WithoutBiases")) or n for n in nodes]
+    if not isinstance(model, torch.fx.GraphModule):
+        return scoped
+    calls = [
+        (n.target, model.get_submodule(n.target))
+        for n in model.graph.nodes
+        if n.op == "call_module" and isinstance(model.get_submodule(n.target), (nn.Conv2d, nn.Linear))
+    ]
+    width = [m.out_channels if isinstance(m, nn.Conv2d) else m.out_features for _, m in calls]
+    return [t for t, _ in calls] if width == list(channels) else scoped
 
 
 _OV_CONVS = ("Convolution", "GroupConvolution", "MatMul")
@@ -298,7 +354,8 @@ def relative_rms(got: torch.Tensor, ref: torch.Tensor) -> float:
 
 def check(quantized: Quantized, model: nn.Module, x: torch.Tensor) -> dict:
     """Run ``quantized`` in its runtime on ``x`` and compare with the float32 ``model``: relative RMS error, max
-    absolute error relative to the largest output, and how often the top-1 class agrees."""
+    absolute error relative to the largest output, and for a classifier how often the top-1 class agrees and the
+    KL divergence of the output distributions."""
     run = _run_plain(quantized)
     with torch.inference_mode():
         ref = model.eval()(x).float()
@@ -312,6 +369,8 @@ def check(quantized: Quantized, model: nn.Module, x: torch.Tensor) -> dict:
     }
     if ref.dim() == 2:
         out["top1_agreement"] = float((got.argmax(1) == ref.argmax(1)).float().mean())
+        log_p, log_q = ref.double().log_softmax(1), got.double().log_softmax(1)
+        out["kl"] = float((log_p.exp() * (log_p - log_q)).sum(1).mean())  # KL(float32 || INT8), nats per input
     return out
 
 
@@ -348,12 +407,15 @@ def sensitivity(
     calibration: torch.Tensor | Sequence[torch.Tensor],
     check_inputs: torch.Tensor,
     progress: Callable[[str, int, int], None] | None = None,
+    layers: Sequence[str] | None = None,
 ) -> list[dict]:
-    """Per-layer INT8 sensitivity: for every conv (and the classifier) of ``model``, the network with only that
-    layer quantized (its weights and input; by the runtime's own tool, calibrated on ``calibration``) against the
-    float32 network on ``check_inputs``. Rows (``layer`` = module path, ``node`` = the runtime's node name,
-    ``relative_rms_error``, ``top1_agreement``) most sensitive first. ``progress(layer, done, total)``."""
-    from dsa.export import onnx_bytes, openvino_model, scope_of
+    """Per-layer INT8 sensitivity: for every conv (and the classifier) of ``model`` (or the module paths in
+    ``layers``), the network with only that
+    layer quantized (its weights and input; by the runtime's own tool, calibrated on ``calibration``; the other
+    ops NNCF would quantize -- residual adds, pooling -- left in float too) against the float32 network on
+    ``check_inputs``. Rows (``layer`` = module path, ``node`` = the runtime's node name, ``relative_rms_error``,
+    ``top1_agreement``, ``kl``) most sensitive first. ``progress(layer, done, total)``."""
+    from dsa.export import onnx_bytes, openvino_model
 
     check_quantizable(runtime)
     model = model.float().cpu().eval()
@@ -361,21 +423,97 @@ def sensitivity(
     data = onnx_bytes(model, torch.from_numpy(batches[0]))
     if runtime == "onnxruntime":
         data = _ort_prepared(data)
-        nodes = _ort_convs(data)
+        nodes, channels = _ort_convs(data), _ort_out_channels(data)
     else:
         ov_model = openvino_model(data)
-        nodes = _ov_convs(ov_model)
+        nodes, channels = _ov_convs(ov_model), _ov_out_channels(ov_model)
+    paths = _layer_paths(model, nodes, channels)
+    todo = [i for i, p in enumerate(paths) if layers is None or p in layers]
+    missing = sorted(set(layers or ()) - {paths[i] for i in todo})
+    if missing:
+        raise DsaError(f"sensitivity: no conv or linear layer {', '.join(missing)} in the network ({runtime} nodes)")
     rows = []
-    for i, node in enumerate(nodes):
+    for done, i in enumerate(todo):
+        node = nodes[i]
         if progress:
-            progress(node, i, len(nodes))
+            progress(node, done, len(todo))
         if runtime == "onnxruntime":
             q = Quantized(runtime, _quantize_ort(data, batches, only=[node]))
         else:
-            q = Quantized(runtime, _quantize_ov(openvino_model(data), batches, ignored=[n for n in nodes if n != node]))
+            others = [other for other in nodes if other != node]
+            q = Quantized(runtime, _quantize_ov(openvino_model(data), batches, others, _OV_OTHER_QUANTIZABLE))
         err = check(q, model, check_inputs)
-        rows.append({"layer": scope_of(node.removesuffix("/WithoutBiases")) or node, "node": node, **err})
+        rows.append({"layer": paths[i], "node": node, **err})
     return sorted(rows, key=lambda r: -r["relative_rms_error"])
+
+
+def fake_quant_weight(weight: torch.Tensor) -> torch.Tensor:
+    """``weight`` rounded to symmetric int8 per output channel (dim 0) on the narrow grid [-127, 127], scale
+    max|w| / 127 -- the weight scheme of both runtimes (:func:`scheme`)."""
+    w = weight.detach()
+    amax = w.abs().reshape(w.shape[0], -1).amax(1).clamp_min(1e-30).reshape(-1, *([1] * (w.dim() - 1)))
+    scale = amax / 127
+    return (w / scale).round().clamp(-127, 127) * scale
+
+
+def fake_quant_input(x: torch.Tensor, lo: float | torch.Tensor, hi: float | torch.Tensor, runtime: str) -> torch.Tensor:
+    """``x`` rounded to ``runtime``'s activation grid for the range [lo, hi] (numbers, or per-channel tensors of
+    x's channels): ONNX Runtime uint8 asymmetric (the range widened to hold 0, an integer zero point); OpenVINO/NNCF
+    symmetric, unsigned when the whole range is non-negative (scale hi / 255), else int8 (scale max|x| / 127).
+    Values outside the range clip, as they do in the runtime."""
+    if runtime not in INT8_RUNTIMES:
+        raise DsaError(f"INT8 emulation is for --runtime {' or '.join(INT8_RUNTIMES)} (got {runtime!r})")
+    lo, hi = torch.as_tensor(lo, dtype=x.dtype), torch.as_tensor(hi, dtype=x.dtype)
+    if lo.dim() == 1:  # per channel
+        lo, hi = lo.reshape(1, -1, *([1] * (x.dim() - 2))), hi.reshape(1, -1, *([1] * (x.dim() - 2)))
+    lo, hi = lo.clamp(max=0), hi.clamp(min=0)
+    if runtime == "onnxruntime":
+        scale = ((hi - lo) / 255).clamp_min(1e-30)
+        zero = (-lo / scale).round()
+        return ((x / scale).round() + zero).clamp(0, 255).sub(zero) * scale
+    if bool((lo >= 0).all()):
+        scale = (hi / 255).clamp_min(1e-30)
+        return (x / scale).round().clamp(0, 255) * scale
+    scale = (torch.maximum(-lo, hi) / 127).clamp_min(1e-30)
+    return (x / scale).round().clamp(-128, 127) * scale
+
+
+def per_channel_input(conv: nn.Module, runtime: str) -> bool:
+    """Whether ``runtime``'s scheme gives ``conv``'s input one range per channel: NNCF does for depthwise convs
+    (each channel is its own conv); otherwise one range per tensor."""
+    return runtime == "openvino" and conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+
+
+def emulate_conv(
+    conv: nn.Module, lo: float | torch.Tensor, hi: float | torch.Tensor, runtime: str
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A function computing ``conv`` (an ``nn.Conv2d``, dsa's merged convs included) as ``runtime``'s INT8 scheme
+    would: its input rounded for the calibrated range [lo, hi] (per-channel tensors are reduced to one range where
+    the scheme has one per tensor: :func:`per_channel_input`), its weights per output channel; bias and
+    accumulation in float (int32 in the runtimes). For scoring (see the module docstring), not deployment."""
+    weight = fake_quant_weight(conv.weight)
+    lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
+    if lo.dim() == 1 and not per_channel_input(conv, runtime):
+        lo, hi = lo.min(), hi.max()
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        xq = fake_quant_input(x, lo, hi, runtime)
+        if getattr(conv, "use_pad", False):
+            xq = torch.nn.functional.pad(xq, relocated_padding(conv.specs, x.shape[-2], x.shape[-1]))
+        return torch.nn.functional.conv2d(xq, weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+    return run
+
+
+EMULATION = {
+    "weights": "int8 symmetric per output channel, [-127, 127], scale max|w|/127",
+    "activations": {
+        "onnxruntime": "uint8 asymmetric per tensor, MinMax range holding 0",
+        "openvino": "symmetric, per channel for depthwise convs, else per tensor: uint8 for non-negative ranges, "
+        "else int8; MinMax",
+    },
+    "bias": "float",
+}
 
 
 class RuntimeNetwork(nn.Module):

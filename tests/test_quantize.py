@@ -154,6 +154,38 @@ def test_sensitivity_quantizes_one_layer_at_a_time(nets, runtime: str) -> None:
     errs = [r["relative_rms_error"] for r in rows]
     assert errs == sorted(errs, reverse=True) and all(0 < e < TINY_TOLERANCE for e in errs)
     assert "classifier" in {r["layer"] for r in rows} and len({r["node"] for r in rows}) == len(rows)
+    # a merged (traced) network's layers are named by their module paths, not the export's flattened names
+    paths = {n for n, m in net.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
+    assert {r["layer"] for r in rows} == paths
+    assert all(r["kl"] >= 0 for r in rows)
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_sensitivity_of_chosen_layers_quantizes_only_that_layer(nets, runtime: str) -> None:
+    net = nets[0]
+    layer = next(n for n, m in net.named_modules() if isinstance(m, torch.nn.Conv2d))
+    x = torch.randn(8, 3, 32, 32)
+    (row,) = sensitivity(net, runtime, x, x[:4], layers=[layer])
+    assert row["layer"] == layer and 0 < row["relative_rms_error"] < TINY_TOLERANCE
+    with pytest.raises(DsaError, match="no conv or linear layer nope"):
+        sensitivity(net, runtime, x, x[:4], layers=["nope"])
+
+
+def test_one_layer_alone_leaves_residual_adds_in_float(nets) -> None:
+    """NNCF quantizes residual adds and pooling inputs unless told not to; a layer's sensitivity leaves them."""
+    from dsa.export import onnx_bytes, openvino_model
+    from dsa.quantize import _OV_CONVS, _OV_OTHER_QUANTIZABLE, _batches, _quantize_ov
+
+    net = nets[0]
+    data = onnx_bytes(net, torch.randn(1, 3, 32, 32))
+    ov = openvino_model(data)
+    nodes = [op.get_friendly_name() for op in ov.get_ordered_ops() if op.get_type_name() in _OV_CONVS]
+    q = _quantize_ov(openvino_model(data), _batches(torch.randn(4, 3, 32, 32)), nodes[1:], _OV_OTHER_QUANTIZABLE)
+    fq = [op for op in q.get_ordered_ops() if op.get_type_name() == "FakeQuantize"]
+    assert fq  # only what feeds the first conv (its input, its weights), nothing else
+    for op in fq:
+        readers = [t.get_node() for t in op.output(0).get_target_inputs()]
+        assert all(r.get_friendly_name() == nodes[0] or r.get_type_name() in ("Reshape", "Convert") for r in readers)
 
 
 # ------------------------------------------------------------------------------------------ the commands

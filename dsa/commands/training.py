@@ -364,6 +364,14 @@ def importance_cmd(
             "(LayerMerge).",
         ),
     ] = False,
+    int8: Annotated[
+        str | None,
+        typer.Option(
+            "--int8",
+            help="removal-kl, finetune: also score what each candidate segment costs deployed in INT8 under this "
+            "runtime (onnxruntime or openvino; emulated), for `dsa plan --precision int8`.",
+        ),
+    ] = None,
     keep_fraction: Annotated[
         float | None, typer.Option(min=0.0, max=1.0, help="gates: share of activations the top-k mask keeps (0.5).")
     ] = None,
@@ -395,9 +403,10 @@ def importance_cmd(
     from dsa.errors import DsaError
     from dsa.formats.importance import METHODS
     from dsa.graph import analyze
-    from dsa.importance import calibration_batches, score
+    from dsa.importance import INT8_METHODS, calibration_batches, score, with_int8_costs
     from dsa.models import create_model
     from dsa.models import input_size as default_size
+    from dsa.vocab import INT8_RUNTIMES
 
     if method not in METHODS:
         raise DsaError(f"unknown --method {method!r}; choose one of {', '.join(METHODS)}")
@@ -411,6 +420,9 @@ def importance_cmd(
         raise DsaError("--time-budget only applies with --method finetune")
     only_with(method in ("gates", "finetune"), "--method gates or finetune", **{"--steps": steps})
     only_with(method != "gates", "--method linearity, removal-kl or finetune", **{"--prune-convs": prune_convs or None})
+    only_with(method in INT8_METHODS, "--method removal-kl or finetune", **{"--int8": int8})
+    if int8 is not None and int8 not in INT8_RUNTIMES:
+        raise DsaError(f"--int8 is a runtime dsa quantizes for: {' or '.join(INT8_RUNTIMES)} (got {int8!r})")
     only_with(
         method == "gates", "--method gates", **{"--keep-fraction": keep_fraction, "--latency-weight": latency_weight}
     )
@@ -452,6 +464,9 @@ def importance_cmd(
             bar.update(task, completed=i, total=n, description=what)
 
         imp = score(method, net, a, batches, progress=progress, **kw)
+        if int8 is not None:
+            bar.update(task, completed=0, total=None, description=f"INT8 costs ({int8})")
+            imp = with_int8_costs(imp, net, a, int8, batches, progress=progress)
     imp = dataclasses.replace(imp, metadata={**imp.metadata, **meta})
     imp.save(out_path)
     top = sorted(imp.scores.items(), key=lambda kv: kv[1])[:5]
@@ -459,6 +474,12 @@ def importance_cmd(
         f"{method}: {len(imp.scores)} of {len(a.removable)} activations and {len(imp.segments)} blocks scored in "
         f"{imp.seconds:.1f} s -> {out_path}; cheapest to remove: {', '.join(f'{k} ({v:.3g})' for k, v in top)}"
     )
+    if imp.int8:
+        worst = sorted(imp.int8.items(), key=lambda kv: -kv[1])[:3]
+        out.print(
+            f"INT8 ({imp.int8_runtime}, emulated): {len(imp.int8)} candidate segments scored in "
+            f"{imp.metadata['int8_seconds']:.1f} s; costliest: {', '.join(f'{k} ({v:.3g})' for k, v in worst)}"
+        )
     if imp.metadata.get("unscored_activations"):
         err.print(
             f"the time budget ran out: {len(imp.metadata['unscored_activations'])} activations unscored; they cost "

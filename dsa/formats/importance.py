@@ -1,5 +1,5 @@
 """The importance file (``dsa importance`` writes it, the planner reads it): per-activation and per-block accuracy
-costs, validated on load."""
+costs, and optionally what deploying each candidate segment in INT8 costs (``int8``), validated on load."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from pathlib import Path
 
 from dsa.errors import DsaError, PlanError
 from dsa.io import atomic_write_json, read_json
+from dsa.vocab import INT8_RUNTIMES
 
 DEFAULT_ACTIVATION_COST = 1.0
 
@@ -35,6 +36,8 @@ class Importance:
     seconds: float = 0.0
     default: float = 1.0  # the cost of an activation without a score (the planner's "default")
     pruned: dict[str, float] = field(default_factory=dict)  # prunable op name -> cost of pruning it (LayerMerge)
+    int8: dict[str, float] = field(default_factory=dict)  # dsa.ir.segment_key -> cost of that segment in INT8
+    int8_runtime: str = ""  # whose INT8 scheme the int8 costs emulate
 
     def to_json(self) -> dict:
         return {
@@ -47,6 +50,7 @@ class Importance:
             "default": self.default,
             "segments": self.segments,
             **({"pruned": self.pruned} if self.pruned else {}),
+            **({"int8": {"runtime": self.int8_runtime, "costs": self.int8}} if self.int8 else {}),
             "metadata": self.metadata,
             "seconds": self.seconds,
         }
@@ -58,8 +62,9 @@ class Importance:
 def read_importance(path: str | Path, error: type[DsaError] = PlanError) -> Importance:
     """The one reader of importance files. A file `dsa importance` wrote (``kind`` ``dsa.importance``) has its kind,
     schema version and method checked; a hand-written ``{"scores": {activation: cost}, "default": cost,
-    "segments": {block: cost}, "pruned": {op: cost}}`` (``default``, ``segments`` and ``pruned`` optional) is
-    accepted as it is. Every cost is a finite number >= 0."""
+    "segments": {block: cost}, "pruned": {op: cost}, "int8": {"runtime": r, "costs": {segment key: cost}}}``
+    (``default``, ``segments``, ``pruned`` and ``int8`` optional) is accepted as it is. Every cost is a finite
+    number >= 0."""
     d = read_json(path, "importance", error)
     if not isinstance(d, dict) or not isinstance(d.get("scores"), dict):
         raise error(f'importance {path}: expected an object {{"scores": {{activation name: cost}}}}')
@@ -76,6 +81,14 @@ def read_importance(path: str | Path, error: type[DsaError] = PlanError) -> Impo
             raise error(f"importance {path}: the cost of {name!r} must be a finite number >= 0, got {v!r}")
     segments = _cost_map(d, "segments", "block names", "block {!r}", path, error)
     pruned = _cost_map(d, "pruned", "prunable op names", "pruning {!r}", path, error)
+    int8 = d.get("int8", {"runtime": "", "costs": {}})
+    if not isinstance(int8, dict) or set(int8) != {"runtime", "costs"}:
+        raise error(f'importance {path}: "int8" must be {{"runtime": ..., "costs": {{segment: cost}}}}')
+    if int8["costs"] and int8["runtime"] not in INT8_RUNTIMES:
+        raise error(
+            f"importance {path}: the int8 runtime must be one of {', '.join(INT8_RUNTIMES)}, got {int8['runtime']!r}"
+        )
+    int8_costs = _cost_map(int8, "costs", "segment keys", "segment {!r} in INT8", path, error)
     metadata, seconds = d.get("metadata", {}), d.get("seconds", 0.0)
     if not isinstance(metadata, dict):
         raise error(f'importance {path}: "metadata" must be an object, got {type(metadata).__name__}')
@@ -91,6 +104,8 @@ def read_importance(path: str | Path, error: type[DsaError] = PlanError) -> Impo
         float(seconds),
         float(default),
         {k: float(v) for k, v in pruned.items()},
+        {k: float(v) for k, v in int8_costs.items()},
+        str(int8["runtime"]) if int8_costs else "",
     )
 
 

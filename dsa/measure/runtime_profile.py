@@ -147,7 +147,7 @@ def covering_plans(a: Analysis, signatures: Sequence[str]) -> list[Plan]:
         paths: list[list] = []
         while True:
             left = frozenset(want)
-            score, path = _best_path(cands, r, out_edges, lambda e, left=left: -int(merged_sig(e) in left))
+            score, path = cands.least_path(r, lambda e, left=left: -int(merged_sig(e) in left), out_edges)
             if score == 0:
                 break
             paths.append(path)
@@ -161,41 +161,10 @@ def covering_plans(a: Analysis, signatures: Sequence[str]) -> list[Plan]:
     for k in range(max((len(p) for p in per_run), default=0)):
         chosen = []
         for r, paths in enumerate(per_run):
-            chosen += paths[k] if k < len(paths) else _best_path(cands, r, out_edges, convs_merged)[1]
+            chosen += paths[k] if k < len(paths) else cands.least_path(r, convs_merged, out_edges)[1]
         removed, added, boundaries = cands.path_plan_parts(chosen)
         plans.append(make_plan(a, removed, [AddedActivation(x, t) for x, t in added], boundaries))
     return plans
-
-
-def _best_path(cands, run: int, out_edges, cost: Callable) -> tuple[float, list]:
-    """The least-``cost`` path (a sum over its edges) from the run's start to its end in the candidate DAG."""
-    best: dict[int, tuple[float, list]] = {cands.starts[run]: (0, [])}
-    for v in _topological(cands, run, out_edges):
-        if v not in best:
-            continue
-        total, path = best[v]
-        for e in out_edges[v]:
-            c = total + cost(e)
-            if e.dst not in best or c < best[e.dst][0]:
-                best[e.dst] = (c, [*path, e])
-    return best[cands.ends[run]]
-
-
-def _topological(cands, run: int, out_edges) -> list[int]:
-    nodes = [n.index for n in cands.nodes if n.run == run]
-    indeg = dict.fromkeys(nodes, 0)
-    for v in nodes:
-        for e in out_edges[v]:
-            indeg[e.dst] = indeg.get(e.dst, 0) + 1
-    order, ready = [], [v for v in nodes if indeg[v] == 0]
-    while ready:
-        v = ready.pop()
-        order.append(v)
-        for e in out_edges[v]:
-            indeg[e.dst] -= 1
-            if indeg[e.dst] == 0:
-                ready.append(e.dst)
-    return order
 
 
 def in_network_times(

@@ -35,7 +35,7 @@ Times come from a :class:`CostModel`: :class:`~dsa.latency.costs.RooflineCosts` 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from dsa.errors import PlanError
@@ -120,6 +120,30 @@ class Candidates:
         for e in self.edges:
             out[e.src].append(e)
         return out
+
+    def least_path(
+        self, run: int, cost: Callable[[Edge], float], out_edges: Mapping[int, list[Edge]] | None = None
+    ) -> tuple[float, list[Edge]]:
+        """(total, edges) of the least-``cost`` path (a sum over its edges) from run ``run``'s start to its end."""
+        out_edges = self.out_edges() if out_edges is None else out_edges
+        nodes = [n.index for n in self.nodes if n.run == run]
+        indeg = dict.fromkeys(nodes, 0)
+        for v in nodes:
+            for e in out_edges[v]:
+                indeg[e.dst] = indeg.get(e.dst, 0) + 1
+        best: dict[int, tuple[float, list[Edge]]] = {self.starts[run]: (0, [])}
+        ready = [v for v in nodes if indeg[v] == 0]
+        while ready:  # in topological order
+            v = ready.pop()
+            for e in out_edges[v]:
+                if v in best:
+                    c = best[v][0] + cost(e)
+                    if e.dst not in best or c < best[e.dst][0]:
+                        best[e.dst] = (c, [*best[v][1], e])
+                indeg[e.dst] -= 1
+                if indeg[e.dst] == 0:
+                    ready.append(e.dst)
+        return best[self.ends[run]]
 
     @staticmethod
     def path_prunes(chosen: Sequence[Edge]) -> list[str]:

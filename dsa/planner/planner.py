@@ -32,7 +32,7 @@ import roofline as rl
 from dsa.errors import InternalError, PlanError
 from dsa.formats.importance import DEFAULT_ACTIVATION_COST, is_cost, read_importance
 from dsa.formats.plan import AddedActivation, Plan, act_list_of, bn_folded_plan, make_plan, plan_from_act_list
-from dsa.ir import PRUNE_CONV, Analysis, Kind, prunable, prunable_blocks
+from dsa.ir import PRUNE_CONV, Analysis, Kind, prunable, prunable_blocks, segment_key
 from dsa.latency.costs import CostModel, plan_ms
 from dsa.latency.evaluate import cost_model, prediction_record
 from dsa.planner.candidates import GRANULARITIES, KEEP, SEGMENT, Candidates, Edge, build_candidates
@@ -133,9 +133,10 @@ class Planner:
     ``importance`` maps activation names to the accuracy cost of removing them (``default_cost`` for the rest;
     without it every removed activation costs 1); at block granularity, ``block_importance`` maps blocks to the
     cost of merging each as a whole (a block's activations then cost that much together). ``keep`` / ``remove``
-    force activations (or whole blocks, by
-    block name). ``costs`` overrides the time model (default: the roofline of ``device``, or the measured
-    ``profile`` where it has times).
+    force activations (or whole blocks, by block name). ``int8_costs`` (:func:`dsa.importance.int8_costs`: segment
+    key -> what that segment costs when deployed in INT8) adds each chosen segment's INT8 cost to the plan's
+    accuracy cost: planning for INT8 deployment (``precision="int8"`` and the same runtime only). ``costs``
+    overrides the time model (default: the roofline of ``device``, or the measured ``profile`` where it has times).
     """
 
     def __init__(
@@ -159,6 +160,8 @@ class Planner:
         measured_only: bool = False,
         prune_convs: bool = False,
         prune_costs: Mapping[str, float] | None = None,
+        int8_costs: Mapping[str, float] | None = None,
+        int8_runtime: str = "",
     ) -> None:
         if granularity not in GRANULARITIES:
             raise PlanError(f"granularity must be one of {', '.join(GRANULARITIES)}, got {granularity!r}")
@@ -190,9 +193,37 @@ class Planner:
         self.candidates: Candidates = build_candidates(
             analysis, costs, granularity, max_kernel, units_anywhere, self.prune_cost if prune_convs else None
         )
+        self.int8_cost = self._int8_costs(int8_costs, int8_runtime) if int8_costs else {}
+        if self.int8_cost:
+            self.accuracy_proxy += f" + INT8 costs per segment ({int8_runtime})"
         self.problem, self.edge_of = self._problem()
 
     # --- inputs
+    def _int8_costs(self, given: Mapping[str, float], runtime: str) -> dict[str, float]:
+        """Each segment edge's INT8 cost (by edge index), from costs keyed by :func:`dsa.ir.segment_key`; every
+        segment the planner can choose must have one."""
+        if self.precision != "int8" or self.costs.runtime != runtime:
+            raise PlanError(
+                f"INT8 costs of {runtime} price plans deployed in INT8 under {runtime}; this plan is "
+                f"{self.precision} under {self.costs.runtime} (use --precision int8 --runtime {runtime}, or an "
+                "importance file without int8 costs)"
+            )
+        costs, missing = {}, []
+        for e in self.candidates.edges:
+            if e.kind == SEGMENT and e.segment is not None and e.segment.convs:
+                key = segment_key(e.segment, e.prunes)
+                if key in given:
+                    costs[e.index] = float(given[key])
+                else:
+                    missing.append(key)
+        if missing:
+            raise PlanError(
+                f"the importance file's INT8 costs lack {len(missing)} segment(s) the planner can choose (e.g. "
+                f"{missing[0]!r}); score them with the same network, input size and --prune-convs as this plan "
+                "(`dsa importance --int8`)"
+            )
+        return costs
+
     def _act_costs(self, importance: Mapping[str, float] | None, default: float) -> dict[str, float]:
         names = {s.name for s in self.analysis.activations}
         costs = dict.fromkeys(self.analysis.removable, float(default))
@@ -279,28 +310,9 @@ class Planner:
         return keep_set, remove_set
 
     def _prune_costs(self, given: Mapping[str, float] | None, default: float) -> dict[str, float]:
-        """Accuracy cost of pruning each prunable op: the importance file's ``pruned`` scores where given, else a
-        pruned conv costs what a removed activation does (``default_cost``) and a pruned residual block as much as
-        its convs together."""
-        a = self.analysis
-        kinds = prunable(a)
         if not self.units_anywhere:
             raise PlanError("--prune-convs plans in the wider segment space; leave out --units-first")
-        blocks = prunable_blocks(a)
-        costs: dict[str, float] = {}
-        for name, kind in kinds.items():
-            if kind == PRUNE_CONV:
-                costs[name] = float(default)
-            else:
-                branch = blocks[a.by_name[name].id].branch
-                costs[name] = float(default) * sum(a.ops[b].kind == Kind.CONV for b in branch)
-        for name, v in (given or {}).items():
-            if name not in kinds:
-                raise PlanError(f"importance: pruned {name!r} is not a prunable op of {a.model_name}")
-            if not is_cost(v):
-                raise PlanError(f"importance: the cost of pruning {name!r} must be a finite number >= 0, got {v!r}")
-            costs[name] = float(v)
-        return costs
+        return pruning_costs(self.analysis, given, default)
 
     def _cut_ids(self, names: Sequence[str]) -> set[str]:
         """Op ids after which no segment may go on (``--cut-after``: e.g. a feature map another head reads)."""
@@ -368,7 +380,13 @@ class Planner:
             dst=tuple(e.dst for e in edges),
             time_ms=tuple(e.time_ms for e in edges),
             acc=tuple(
-                math.fsum([*(self.act_cost[n] for n in e.removes), *(self.prune_cost[n] for n in e.prunes)])
+                math.fsum(
+                    [
+                        *(self.act_cost[n] for n in e.removes),
+                        *(self.prune_cost[n] for n in e.prunes),
+                        self.int8_cost.get(e.index, 0.0),
+                    ]
+                )
                 for e in edges
             ),
             starts=tuple(c.starts),
@@ -561,6 +579,28 @@ class Planner:
         return _with_plan(result, plan.with_metadata(**meta))
 
 
+def pruning_costs(a: Analysis, given: Mapping[str, float] | None, default: float) -> dict[str, float]:
+    """Accuracy cost of pruning each prunable op, as the planner charges it: an importance file's ``pruned`` scores
+    where given, else a pruned conv costs what a removed activation does (``default``) and a pruned residual block
+    as much as its convs together."""
+    kinds = prunable(a)
+    blocks = prunable_blocks(a)
+    costs: dict[str, float] = {}
+    for name, kind in kinds.items():
+        if kind == PRUNE_CONV:
+            costs[name] = float(default)
+        else:
+            branch = blocks[a.by_name[name].id].branch
+            costs[name] = float(default) * sum(a.ops[b].kind == Kind.CONV for b in branch)
+    for name, v in (given or {}).items():
+        if name not in kinds:
+            raise PlanError(f"importance: pruned {name!r} is not a prunable op of {a.model_name}")
+        if not is_cost(v):
+            raise PlanError(f"importance: the cost of pruning {name!r} must be a finite number >= 0, got {v!r}")
+        costs[name] = float(v)
+    return costs
+
+
 def _on_paths(edges: list[Edge], starts: Sequence[int], ends: Sequence[int]) -> list[Edge]:
     """The edges that lie on some start-to-end path (forcing activations can leave dead ends)."""
     fwd: dict[int, list[Edge]] = {}
@@ -647,6 +687,8 @@ def solve_plan(
             options["prune_costs"] = imp.pruned
         if options.get("granularity") == "block":  # dsa importance's whole-block scores, where the file has them
             options["block_importance"] = imp.segments or None
+        if imp.int8 and precision == "int8":  # planning for INT8 deployment: each segment's INT8 cost too
+            options |= {"int8_costs": imp.int8, "int8_runtime": imp.int8_runtime}
     planner = Planner(analysis, device, batch, precision, **options)
     if max_accuracy_cost is not None:
         return planner.fastest(max_accuracy_cost)

@@ -223,6 +223,14 @@ def segment_conv(
     return affine, specs
 
 
+def merged_conv(
+    ready: fx.GraphModule, analysis: Analysis, seg: Segment, dtype: torch.dtype = torch.float32
+) -> RelocatedPadConv2d:
+    """The one conv ``seg`` of a merge-ready network merges into (its relocated padding included), in ``dtype``
+    (composed in float64). Unverified on its own: :func:`merge` checks every one it places."""
+    return _to_conv(*segment_conv(ready, analysis, seg), dtype)
+
+
 def _to_conv(affine: Affine, specs: list[list[int]], dtype: torch.dtype) -> RelocatedPadConv2d:
     w, b = affine.weight, affine.bias
     out_c, in_c, kh, kw = w.shape
@@ -457,7 +465,8 @@ class NodeValues(fx.Interpreter):
     def run_node(self, n: fx.Node):
         out = super().run_node(n)
         if n.name in self.keep:
-            self.values[n.name] = out.clone()  # later in-place ops (ReLU(inplace=True)) must not change it
+            # later in-place ops (ReLU(inplace=True)) must not change it
+            self.values[n.name] = out.clone() if isinstance(out, torch.Tensor) else out
         return out
 
 
@@ -585,8 +594,7 @@ def _merge_graph(ready: fx.GraphModule, analysis: Analysis, segments: Sequence[S
     merged = _bare_copy(ready)
     graph = merged.graph
     for seg in segments:
-        affine, specs = segment_conv(ready, analysis, seg)
-        conv = _to_conv(affine, specs, dtype)
+        conv = merged_conv(ready, analysis, seg, dtype)
         target = _node(merged, analysis.by_name[seg.convs[0]].node).target
         _set_module(merged, target, conv)
         # read the input the first member reads now (it may be an added activation or a merged conv)
